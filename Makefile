@@ -1,0 +1,51 @@
+# Cairn — the two commands: `make run` and `make test`. See README.md.
+SHELL := /bin/bash
+PYTHON ?= /usr/bin/python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := build/stamps
+PORT ?= 8443
+
+# Every Debian package the tests and the dev stack need (one list).
+APT_PACKAGES := etcd-server etcd-client chromium python3-venv python3-dev btrfs-progs \
+	iproute2 util-linux fonts-dejavu-core ca-certificates
+
+.PHONY: test unit host browser dev run bench deps apt venv clean
+
+test: deps
+	$(PY) -m pytest tests -q -ra
+
+unit: deps
+	$(PY) -m pytest tests/unit tests/meta -q
+
+dev: deps
+	$(VENV)/bin/cairn-devstack --state build/dev --port $(PORT)
+
+# Until the appliance image exists (issue 3), `make run` starts the same dev stack on this host.
+run: dev
+
+bench: deps
+	$(PY) tests/bench/bench_api.py
+
+deps: $(STAMPS)/apt $(STAMPS)/venv
+
+apt: $(STAMPS)/apt
+$(STAMPS)/apt: Makefile
+	@mkdir -p $(STAMPS)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+venv: $(STAMPS)/venv
+$(STAMPS)/venv: services/pyproject.toml tests/requirements.txt $(STAMPS)/apt
+	@mkdir -p $(STAMPS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e services -r tests/requirements.txt
+	@touch $@
+
+clean:
+	rm -rf build/dev build/test-artifacts

@@ -1,0 +1,151 @@
+"""cairn-agent: the node's hands.
+
+Loops (threads):
+  - heartbeat: keeps the node lease alive, refreshes node-alive/<node> and nodes/<node> (inventory);
+  - jobs: watches jobs/ and job-aborts/ and runs this node's queued jobs (jobs.executor);
+  - reconcile: runs the reconcile loop every RECONCILE_INTERVAL seconds.
+At start, jobs that were `running` on this node are marked failed: the agent that ran them is gone.
+If the node lease is lost (the store was unreachable longer than its TTL), a new one is granted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+
+from cairn import __version__, config as config_mod
+from cairn.agent.reconcile import ReconcileLoop
+from cairn.cluster import nodes
+from cairn.cluster.store import Store
+from cairn.errors import CairnError
+from cairn.jobs import registry
+from cairn.jobs.executor import Executor
+from cairn.jobs.service import JobService
+from cairn.runner import Runner
+from cairn.system.inventory import read_inventory
+
+log = logging.getLogger("cairn.agent")
+
+HEARTBEAT_INTERVAL = 2.0
+RECONCILE_INTERVAL = 30.0
+ORPHAN_REASON = "cairn-agent stopped while the job was running (the job was interrupted)"
+
+
+class Agent:
+    def __init__(self, cfg: config_mod.Config, store: Store | None = None) -> None:
+        self.cfg = cfg
+        self.node = cfg.node_name
+        self.store = store or Store(cfg.etcd_endpoints, cfg.store_root)
+        self.jobs = JobService(self.store)
+        self.runner = Runner()
+        self.stop = threading.Event()
+        self._lease = 0
+        self._lease_lock = threading.Lock()
+        self.executor = Executor(self.jobs, self.node, self.runner, self.lease)
+        self.reconcile = ReconcileLoop(self.store, self.node)
+
+    # --- lease -------------------------------------------------------------------------------
+    def lease(self) -> int:
+        with self._lease_lock:
+            if not self._lease:
+                self._lease = self.store.grant_lease(nodes.NODE_LEASE_TTL)
+                nodes.mark_alive(self.store, self.node, self._lease, time.time())
+            return self._lease
+
+    def heartbeat_once(self) -> None:
+        lease = self.lease()
+        if self.store.keepalive(lease) <= 0:
+            log.warning("node lease %x expired; taking a new one", lease)
+            with self._lease_lock:
+                self._lease = 0
+            self.lease()
+        nodes.publish(self.store, self.node, read_inventory().to_dict(), time.time(), __version__)
+
+    # --- loops -------------------------------------------------------------------------------
+    def _loop(self, name: str, interval: float, step) -> None:
+        while not self.stop.is_set():
+            try:
+                step()
+            except CairnError as exc:
+                log.warning("%s: %s", name, exc.message)
+            except Exception:
+                log.exception("%s crashed; continuing", name)
+            self.stop.wait(interval)
+
+    def _job_loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                revision = self.store.revision() + 1
+                self.executor.poll()
+                # Wake on any job change, or at least every 2 s (lock waits, missed events).
+                for event in self.store.watch("job", revision, idle_timeout=2.0, stop=self.stop):
+                    if event is None or event.key.startswith(("jobs/", "job-aborts/")):
+                        break
+            except CairnError as exc:
+                log.warning("jobs: %s", exc.message)
+                self.stop.wait(1.0)
+            except Exception:
+                log.exception("job loop crashed; continuing")
+                self.stop.wait(1.0)
+
+    def start(self) -> list[threading.Thread]:
+        self._wait_for_store()
+        self.store.ensure_schema()
+        registry.load_all()
+        self.heartbeat_once()
+        for job in self.jobs.fail_orphans(self.node, ORPHAN_REASON):
+            log.warning("job %s was running when the agent stopped: marked failed", job.id)
+        threads = [
+            threading.Thread(target=self._loop, args=("heartbeat", HEARTBEAT_INTERVAL, self.heartbeat_once),
+                             name="heartbeat", daemon=True),
+            threading.Thread(target=self._job_loop, name="jobs", daemon=True),
+            threading.Thread(target=self._loop, args=("reconcile", RECONCILE_INTERVAL, self.reconcile.run_once),
+                             name="reconcile", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        log.info("cairn-agent %s running as node %s", __version__, self.node)
+        return threads
+
+    def _wait_for_store(self) -> None:
+        delay = 0.5
+        while not self.stop.is_set():
+            try:
+                self.store.revision()
+                return
+            except CairnError as exc:
+                log.warning("waiting for the cluster store: %s", exc.message)
+                self.stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        with self._lease_lock:
+            lease, self._lease = self._lease, 0
+        if lease:
+            try:
+                self.store.revoke_lease(lease)
+            except CairnError:
+                pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cairn-agent", description="Cairn node agent")
+    parser.add_argument("--config", help="config file (default $CAIRN_CONFIG or /etc/cairn/cairn.toml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    agent = Agent(config_mod.load(args.config))
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
+    signal.signal(signal.SIGINT, lambda *_: agent.stop.set())
+    agent.start()
+    agent.stop.wait()
+    agent.shutdown()
+    log.info("cairn-agent stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

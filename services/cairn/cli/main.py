@@ -1,0 +1,227 @@
+"""cairnctl: the command line over /api/v1.
+
+    cairnctl [--url URL] [--ca FILE | --insecure] [--json] login [--user admin] [--password-stdin]
+    cairnctl node list
+    cairnctl node diagnose NODE [--samples N] [--wait]
+    cairnctl job list [--state S] [--node N]
+    cairnctl job show ID
+    cairnctl job abort ID
+
+The login is kept in ~/.config/cairn/cli.json (mode 0600): URL, CA file and bearer token.
+Exit codes: 0 ok, 1 the API refused (message printed), 2 bad usage, 3 cannot reach the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+DEFAULT_URL = "https://127.0.0.1:8443"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def state_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "cairn" / "cli.json"
+
+
+def load_state() -> dict[str, Any]:
+    path = state_path()
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_state(data: dict[str, Any]) -> None:
+    path = state_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, path)
+
+
+class Client:
+    def __init__(self, url: str, verify: str | bool, token: str | None) -> None:
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        self.verify = verify   # passed on each request: a session-wide value loses to $REQUESTS_CA_BUNDLE
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def call(self, method: str, path: str, body: dict | None = None, params: dict | None = None) -> Any:
+        try:
+            reply = self.session.request(method, f"{self.url}/api/v1{path}", json=body, params=params, timeout=30,
+                                         verify=self.verify)
+        except requests.exceptions.SSLError as exc:
+            raise ConnectionError(f"TLS check of {self.url} failed ({exc.__class__.__name__}); "
+                                  "pass --ca <ca.pem> of the cluster, or --insecure") from None
+        except requests.RequestException as exc:
+            raise ConnectionError(f"cannot reach {self.url}: {exc.__class__.__name__}") from None
+        if reply.status_code >= 400:
+            try:
+                error = reply.json()["error"]
+                message = error["message"]
+            except (ValueError, KeyError, TypeError):
+                message = reply.text[:200] or reply.reason
+            raise ApiError(reply.status_code, message)
+        return reply.json()
+
+
+# --- output ----------------------------------------------------------------------------------
+def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    """Plain text table (pure): columns are (header, key)."""
+    cells = [[h for h, _ in columns]] + [[_cell(row.get(k)) for _, k in columns] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value)) if value > 1e9 else f"{value:.1f}"
+    return str(value)
+
+
+def show(data: Any, as_json: bool, render) -> None:
+    print(json.dumps(data, indent=2) if as_json else render(data))
+
+
+def render_job(job: dict[str, Any]) -> str:
+    lines = [f"{job['id']}  {job['title'] or job['kind']}",
+             f"  node: {job['node']}   state: {job['state']}   progress: {job['progress']}%",
+             f"  now: {job.get('description') or '-'}"]
+    if job.get("error"):
+        lines.append(f"  error: {job['error']}")
+    for line in job.get("log", []):
+        lines.append(f"  | {line['message']}")
+    return "\n".join(lines)
+
+
+JOB_COLUMNS = [("ID", "id"), ("NODE", "node"), ("STATE", "state"), ("PROGRESS", "progress"),
+               ("TITLE", "title"), ("CREATED", "created_at")]
+NODE_COLUMNS = [("NAME", "name"), ("ONLINE", "online"), ("CPUS", "cpus"), ("KERNEL", "kernel"),
+                ("UPTIME_S", "uptime")]
+
+
+# --- commands --------------------------------------------------------------------------------
+def cmd_login(args, state: dict[str, Any]) -> int:
+    url = args.url or state.get("url") or DEFAULT_URL
+    verify = _verify(args, state)
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass(f"Password for {args.user}: ")
+    reply = Client(url, verify, None).call("POST", "/auth/login", {"username": args.user, "password": password})
+    save_state({"url": url, "verify": verify, "token": reply["token"], "user": reply["user"]})
+    print(f"logged in to {url} as {reply['user']}")
+    return 0
+
+
+def cmd_node_list(client: Client, args) -> int:
+    show(client.call("GET", "/nodes")["nodes"], args.json, lambda rows: table(rows, NODE_COLUMNS))
+    return 0
+
+
+def cmd_node_diagnose(client: Client, args) -> int:
+    job = client.call("POST", f"/nodes/{args.node}/diagnostics", {"samples": args.samples})
+    if args.wait:
+        while job["state"] in ("queued", "running"):
+            time.sleep(0.5)
+            job = client.call("GET", f"/jobs/{job['id']}")
+    show(job, args.json, render_job)
+    return 0 if job["state"] in ("queued", "running", "success") else 1
+
+
+def cmd_job_list(client: Client, args) -> int:
+    params = {k: v for k, v in (("state", args.state), ("node", args.node)) if v}
+    show(client.call("GET", "/jobs", params=params)["jobs"], args.json, lambda rows: table(rows, JOB_COLUMNS))
+    return 0
+
+
+def cmd_job_show(client: Client, args) -> int:
+    show(client.call("GET", f"/jobs/{args.id}"), args.json, render_job)
+    return 0
+
+
+def cmd_job_abort(client: Client, args) -> int:
+    job = client.call("POST", f"/jobs/{args.id}/abort")
+    show(job, args.json, lambda j: f"abort requested for {j['id']} ({j['state']})")
+    return 0
+
+
+def _verify(args, state: dict[str, Any]) -> str | bool:
+    if args.insecure:
+        return False
+    if args.ca:
+        return str(Path(args.ca).resolve())
+    return state.get("verify", True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cairnctl", description="Manage a Cairn cluster")
+    parser.add_argument("--url", help=f"console URL (default: the one you logged in to, else {DEFAULT_URL})")
+    parser.add_argument("--ca", help="CA certificate of the cluster (ca.pem)")
+    parser.add_argument("--insecure", action="store_true", help="do not check the server certificate")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    sub = parser.add_subparsers(dest="area", required=True)
+
+    login = sub.add_parser("login", help="log in and keep a token")
+    login.add_argument("--user", default="admin")
+    login.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+
+    node = sub.add_parser("node", help="nodes").add_subparsers(dest="action", required=True)
+    node.add_parser("list", help="list nodes").set_defaults(func=cmd_node_list)
+    diagnose = node.add_parser("diagnose", help="run the diagnostics job on a node")
+    diagnose.add_argument("node")
+    diagnose.add_argument("--samples", type=int, default=20)
+    diagnose.add_argument("--wait", action="store_true", help="wait until the job ends")
+    diagnose.set_defaults(func=cmd_node_diagnose)
+
+    job = sub.add_parser("job", help="jobs").add_subparsers(dest="action", required=True)
+    job_list = job.add_parser("list", help="list jobs, newest first")
+    job_list.add_argument("--state")
+    job_list.add_argument("--node")
+    job_list.set_defaults(func=cmd_job_list)
+    for name, func, text in (("show", cmd_job_show, "show one job with its log"),
+                             ("abort", cmd_job_abort, "ask a job to stop")):
+        command = job.add_parser(name, help=text)
+        command.add_argument("id")
+        command.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    state = load_state()
+    try:
+        if args.area == "login":
+            return cmd_login(args, state)
+        if not state.get("token"):
+            print("not logged in: run 'cairnctl login' first", file=sys.stderr)
+            return 2
+        client = Client(args.url or state["url"], _verify(args, state), state["token"])
+        return args.func(client, args)
+    except ApiError as exc:
+        print(f"error ({exc.status}): {exc.message}", file=sys.stderr)
+        return 1
+    except ConnectionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

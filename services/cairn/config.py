@@ -1,0 +1,97 @@
+"""Node configuration: a small TOML file, /etc/cairn/cairn.toml (or $CAIRN_CONFIG).
+
+    node_name = "cairn-1a2b"                    # default: the hostname
+    etcd_endpoints = ["http://127.0.0.1:2379"]
+    state_dir = "/var/lib/cairn"                # TLS material, admin password file
+    store_root = "/cairn"                       # key prefix in etcd (tests use their own)
+    [web]
+    bind = "0.0.0.0:443"
+    workers = 2
+
+Written by the image (or the dev stack); read by cairn-agent and cairn-web at start.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cairn.errors import ValidationError
+
+DEFAULT_PATH = "/etc/cairn/cairn.toml"
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    bind: str = "0.0.0.0:443"
+    workers: int = 2
+    threads: int = 16
+
+
+@dataclass(frozen=True)
+class Config:
+    node_name: str
+    etcd_endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    state_dir: Path = Path("/var/lib/cairn")
+    store_root: str = "/cairn"
+    web: WebConfig = field(default_factory=WebConfig)
+
+
+def parse(data: dict, default_node_name: str) -> Config:
+    """Config from parsed TOML. All problems are reported at once, by key."""
+    problems: dict[str, str] = {}
+    known = {"node_name", "etcd_endpoints", "state_dir", "store_root", "web"}
+    for key in data:
+        if key not in known:
+            problems[key] = "unknown setting"
+    endpoints = data.get("etcd_endpoints", ["http://127.0.0.1:2379"])
+    if not isinstance(endpoints, list) or not endpoints or not all(
+            isinstance(e, str) and e.startswith(("http://", "https://")) for e in endpoints):
+        problems["etcd_endpoints"] = "must be a non-empty list of http(s):// URLs"
+    node_name = data.get("node_name", default_node_name)
+    if not isinstance(node_name, str) or not node_name or "/" in node_name:
+        problems["node_name"] = "must be a non-empty name without '/'"
+    root = data.get("store_root", "/cairn")
+    if not isinstance(root, str) or not root.startswith("/") or root.endswith("/"):
+        problems["store_root"] = "must start with '/' and not end with '/'"
+    web_data = data.get("web", {})
+    web = WebConfig()
+    if not isinstance(web_data, dict):
+        problems["web"] = "must be a table"
+    else:
+        try:
+            web = WebConfig(**web_data)
+        except TypeError as exc:
+            problems["web"] = str(exc)
+    if problems:
+        raise ValidationError(problems, "bad configuration: " + "; ".join(
+            f"{k}: {v}" for k, v in sorted(problems.items())))
+    return Config(node_name=node_name, etcd_endpoints=tuple(endpoints),
+                  state_dir=Path(data.get("state_dir", "/var/lib/cairn")), store_root=root, web=web)
+
+
+def load(path: str | None = None) -> Config:
+    path = path or os.environ.get("CAIRN_CONFIG") or DEFAULT_PATH
+    data: dict = {}
+    if Path(path).exists():
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    return parse(data, socket.gethostname())
+
+
+def dump(config: Config) -> str:
+    """TOML text for a Config (the dev stack and tests write these)."""
+    endpoints = ", ".join(f'"{e}"' for e in config.etcd_endpoints)
+    return (
+        f'node_name = "{config.node_name}"\n'
+        f"etcd_endpoints = [{endpoints}]\n"
+        f'state_dir = "{config.state_dir}"\n'
+        f'store_root = "{config.store_root}"\n'
+        "[web]\n"
+        f'bind = "{config.web.bind}"\n'
+        f"workers = {config.web.workers}\n"
+        f"threads = {config.web.threads}\n"
+    )

@@ -1,0 +1,156 @@
+"""Runs the jobs addressed to one node. Used only by that node's agent (the job records' writer).
+
+A job goes: queued → (locks taken, all at once, bound to the node lease) → running → ended; locks
+are freed at the end whatever happens. Progress writes are throttled to about one a second; state
+changes are written at once. Abort requests are honoured between steps, where the handler calls
+`ctx.check_abort()`; a queued job is aborted before it starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from cairn.cluster import events
+from cairn.errors import CairnError, Conflict
+from cairn.jobs import model, registry
+from cairn.jobs.model import Job
+from cairn.jobs.service import JobService
+from cairn.runner import Runner
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL = 1.0
+
+
+class JobAborted(Exception):
+    """Raised inside a handler by check_abort(); ends the job as aborted."""
+
+
+class JobContext:
+    """What a job handler gets: its job's params, the runner, the store, and progress reporting."""
+
+    def __init__(self, service: JobService, job: Job, runner: Runner,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.service = service
+        self.store = service.store
+        self.runner = runner
+        self.clock = clock
+        self.job = job
+        self._last_write = 0.0
+        self._pending = False
+
+    @property
+    def node(self) -> str:
+        return self.job.node
+
+    def progress(self, percent: int | None = None, description: str | None = None,
+                 message: str | None = None) -> None:
+        self.job = model.advance(self.job, model.Progress(self.clock(), percent, description, message))
+        now = time.monotonic()
+        if now - self._last_write >= PROGRESS_INTERVAL or percent == 100:
+            self.flush()
+        else:
+            self._pending = True
+
+    def log(self, message: str) -> None:
+        self.progress(message=message)
+
+    def flush(self) -> None:
+        self.service.store.put(f"jobs/{self.job.id}", self.job.to_dict())
+        self._last_write = time.monotonic()
+        self._pending = False
+
+    def check_abort(self) -> None:
+        if self.service.abort_requested(self.job.id):
+            raise JobAborted()
+
+
+class Executor:
+    def __init__(self, service: JobService, node: str, runner: Runner, lease: Callable[[], int],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.service = service
+        self.node = node
+        self.runner = runner
+        self.lease = lease
+        self.clock = clock
+        self._running: dict[str, threading.Thread] = {}
+        self._guard = threading.Lock()
+
+    def running_ids(self) -> list[str]:
+        with self._guard:
+            return [job_id for job_id, t in self._running.items() if t.is_alive()]
+
+    def poll(self) -> None:
+        """Start every queued job of this node whose locks are free; abort queued ones if asked."""
+        for job, revision in self.service.queued_for(self.node):
+            with self._guard:
+                if job.id in self._running and self._running[job.id].is_alive():
+                    continue
+            try:
+                self._try_start(job, revision)
+            except Conflict:
+                continue  # someone changed it meanwhile; the next poll sees the new state
+
+    def _try_start(self, job: Job, revision: int) -> None:
+        if self.service.abort_requested(job.id):
+            self.service.apply(job, model.Abort(self.clock(), "aborted before it started"),
+                               expect_revision=revision)
+            return
+        try:
+            kind = registry.get_kind(job.kind)
+        except CairnError:
+            self.service.apply(job, model.Fail(self.clock(), f"this node does not know job kind {job.kind!r}"),
+                               expect_revision=revision)
+            return
+        blocked = self.service.acquire_locks(job, self.lease())
+        if blocked is not None:
+            holder = self.service.lock_holder(blocked) or {}
+            if job.waiting_for != blocked:
+                self.service.apply(job, model.Wait(blocked, holder.get("job", "?")), expect_revision=revision)
+            return
+        try:
+            started = self.service.apply(job, model.Start(self.clock()), expect_revision=revision)
+        except Conflict:
+            self.service.release_locks(job)
+            raise
+        thread = threading.Thread(target=self._run, args=(started, kind), name=f"job-{job.id}", daemon=True)
+        with self._guard:
+            self._running[job.id] = thread
+        thread.start()
+
+    def _run(self, job: Job, kind: registry.JobKind) -> None:
+        ctx = JobContext(self.service, job, self.runner, self.clock)
+        try:
+            result = kind.handler(ctx, job.params) or {}
+            event: model.JobEvent = model.Succeed(self.clock(), result)
+        except JobAborted:
+            event = model.Abort(self.clock(), "aborted on request")
+        except CairnError as exc:
+            event = model.Fail(self.clock(), exc.message)
+        except Exception as exc:  # a bug in a handler must still end the job
+            log.exception("job %s crashed", job.id)
+            event = model.Fail(self.clock(), f"internal error: {type(exc).__name__}: {exc}")
+        self._finish(ctx, event)
+
+    def _finish(self, ctx: JobContext, event: model.JobEvent) -> None:
+        # The store may be briefly unreachable (leader election): keep trying to record the end.
+        for attempt in range(60):
+            try:
+                self.service.apply(ctx.job, event)
+                self.service.release_locks(ctx.job)
+                self._emit_event(ctx.job, event)
+                return
+            except CairnError as exc:
+                log.warning("could not record the end of job %s (%s); retrying", ctx.job.id, exc.message)
+                time.sleep(min(0.5 * (attempt + 1), 3.0))
+        log.error("gave up recording the end of job %s", ctx.job.id)
+
+    def _emit_event(self, job: Job, event: model.JobEvent) -> None:
+        ended = model.advance(job, event)
+        severity = {"success": "info", "failed": "error", "aborted": "warning"}[ended.state.value]
+        events.emit(self.service.store, severity=severity, node=self.node, source=f"job:{job.id}",
+                    message=f"{ended.title or ended.kind}: {ended.state.value}"
+                            + (f" — {ended.error}" if ended.error else ""), clock=self.clock)

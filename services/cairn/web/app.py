@@ -1,0 +1,198 @@
+"""cairn-web's Flask application (APIFlask, so /api/v1 is described by an OpenAPI document).
+
+Request gate (one place): every /api/v1 route except login and health needs a bearer token or a
+console session; unsafe requests on a session also need its CSRF token (header X-CSRF-Token or
+form field csrf_token). Console pages redirect to /login instead.
+
+Errors: CairnError subclasses become JSON {"error": {...}} with the status from cairn.errors;
+anything unexpected becomes a 500 with no stack trace. The web process never dies because etcd is
+down: store calls raise Unavailable → 503.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import secrets
+from typing import Any
+
+from apiflask import APIFlask
+from apiflask.exceptions import HTTPError
+from flask import Response, current_app, g, jsonify, redirect, render_template, request, session, url_for
+from werkzeug.exceptions import HTTPException
+
+from cairn import __version__
+from cairn.cluster.store import Store
+from cairn.config import Config
+from cairn.errors import (AuthenticationError, CairnError, RateLimited, Unavailable, ValidationError,
+                          http_status)
+from cairn.jobs import registry
+from cairn.jobs.service import JobService
+from cairn.web.auth import Auth
+
+log = logging.getLogger("cairn.web")
+
+API_PREFIX = "/api/v1"
+PUBLIC_ENDPOINTS = {"api.login", "api.health", "console.login", "console.login_post", "static"}
+UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def create_app(cfg: Config, store: Store | None = None) -> APIFlask:
+    app = APIFlask("cairn.web", title="Cairn API", version=__version__,
+                   spec_path=f"{API_PREFIX}/openapi.json", docs_path=None)
+    app.config.update(
+        VALIDATION_ERROR_STATUS_CODE=400,
+        SESSION_COOKIE_SECURE=True,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_NAME="cairn_session",
+        PERMANENT_SESSION_LIFETIME=datetime.timedelta(hours=12),
+        JSON_SORT_KEYS=False,
+        SECURITY_SCHEMES={"token": {"type": "http", "scheme": "bearer"},
+                          "session": {"type": "apiKey", "in": "cookie", "name": "cairn_session"}},
+        INFO={"description": "Cairn cluster API. Log in with POST /api/v1/auth/login to get a bearer "
+                             "token. Errors are JSON: {\"error\": {\"code\", \"message\", \"fields\"?}}."},
+    )
+    store = store or Store(cfg.etcd_endpoints, cfg.store_root)
+    app.extensions["cairn"] = {"cfg": cfg, "store": store, "auth": Auth(store),
+                               "jobs": JobService(store)}
+    registry.load_all()
+    _load_secret_key(app)
+
+    from cairn.web import api, console
+    app.register_blueprint(api.bp, url_prefix=API_PREFIX)
+    app.register_blueprint(console.bp)
+    app.before_request(_check_json_body)
+    app.before_request(_gate)
+    _install_error_handlers(app)
+
+    @app.context_processor
+    def _template_globals() -> dict[str, Any]:
+        return {"csrf_token": session.get("csrf", ""), "user": session.get("user"),
+                "store_revision": g.get("store_revision", 0),
+                "node_name": cfg.node_name, "version": __version__}
+
+    return app
+
+
+def _load_secret_key(app: APIFlask) -> None:
+    """The session signing key lives in the store so every node and worker shares it. If the store
+    is down at start, sessions work once it is back (first request retries)."""
+    try:
+        app.secret_key = services(app)["auth"].session_secret()
+    except Unavailable:
+        app.secret_key = None
+
+
+def services(app=None) -> dict[str, Any]:
+    return (app or current_app).extensions["cairn"]
+
+
+def _check_json_body() -> None:
+    """A JSON body that does not parse is named as the problem (not a bare 'Bad Request')."""
+    if request.path.startswith("/api/") and request.method in UNSAFE_METHODS and request.get_data():
+        if request.is_json:
+            try:
+                json.loads(request.get_data())
+            except ValueError as exc:
+                raise ValidationError({"body": f"is not valid JSON ({exc})"}) from None
+        else:
+            raise ValidationError({"body": "must be JSON (Content-Type: application/json)"})
+
+
+# --- the gate --------------------------------------------------------------------------------
+def _gate() -> Response | None:
+    app_services = services()
+    if not request.endpoint or request.endpoint in PUBLIC_ENDPOINTS:
+        return None
+    if current_app.secret_key is None:
+        _load_secret_key(current_app)
+        if current_app.secret_key is None:
+            raise Unavailable("the cluster store (etcd) is unreachable: cannot check the session")
+    is_api = request.path.startswith("/api/")
+    header = request.headers.get("Authorization", "")
+    if is_api and header.startswith("Bearer "):
+        user = app_services["auth"].user_for_token(header.removeprefix("Bearer ").strip())
+        if user is None:
+            raise AuthenticationError("the bearer token is invalid or has expired; log in again")
+        g.user = user
+        g.via = "token"
+        return None
+    user = session.get("user")
+    if user is None:
+        if is_api:
+            raise AuthenticationError("authentication required: log in with POST /api/v1/auth/login "
+                                      "and send 'Authorization: Bearer <token>'")
+        return redirect(url_for("console.login", next=request.full_path))
+    if request.method in UNSAFE_METHODS:
+        sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token", "")
+        if not sent or not secrets.compare_digest(sent, session.get("csrf", "")):
+            raise AuthenticationError("missing or wrong CSRF token")
+    g.user = user
+    g.via = "session"
+    return None
+
+
+# --- errors ----------------------------------------------------------------------------------
+def _wants_json() -> bool:
+    return request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json"
+
+
+def error_response(error: CairnError) -> Response:
+    status = http_status(error)
+    if _wants_json():
+        response = jsonify({"error": error.to_dict()})
+    else:
+        response = Response(render_template("error.html", status=status, error=error), mimetype="text/html")
+    response.status_code = status
+    if isinstance(error, RateLimited):
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
+
+
+def _install_error_handlers(app: APIFlask) -> None:
+    @app.errorhandler(CairnError)
+    def _cairn_error(error: CairnError):
+        if http_status(error) >= 500:
+            log.warning("%s %s failed: %s", request.method, request.path, error.message)
+        return error_response(error)
+
+    @app.error_processor
+    def _http_error(error: HTTPError):
+        # APIFlask's own errors: input validation and HTTP errors raised by abort().
+        detail = error.detail or {}
+        if error.status_code == 400 and isinstance(detail, dict) and detail:
+            fields: dict[str, str] = {}
+            for location, problems in detail.items():
+                for name, messages in (problems or {}).items():
+                    text = messages if isinstance(messages, str) else "; ".join(_flatten(messages))
+                    fields[str(name)] = text
+            return error_response(ValidationError(fields))
+        body = {"error": {"code": _code_for(error.status_code), "message": error.message}}
+        if not _wants_json():
+            return Response(render_template("error.html", status=error.status_code,
+                                            error=CairnError(error.message)),
+                            status=error.status_code, mimetype="text/html")
+        return body, error.status_code, error.headers
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception):
+        if isinstance(error, HTTPException):
+            return error
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(CairnError("internal error; see the cairn-web log on "
+                                         f"{services()['cfg'].node_name}"))
+
+
+def _flatten(messages: Any) -> list[str]:
+    if isinstance(messages, str):
+        return [messages]
+    if isinstance(messages, dict):
+        return [f"{k}: {m}" for k, v in messages.items() for m in _flatten(v)]
+    return [m for item in messages for m in _flatten(item)]
+
+
+def _code_for(status: int) -> str:
+    return {400: "invalid", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
+            405: "method_not_allowed", 409: "conflict", 415: "unsupported_media_type"}.get(status, "error")
