@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,7 +148,9 @@ def wait_http(url: str, timeout: float = 60.0, verify: str | bool = False, daemo
     deadline = time.monotonic() + timeout
     while True:
         try:
-            requests.get(url, timeout=2, verify=verify)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # an unverified probe of our own fresh server
+                requests.get(url, timeout=2, verify=verify)
             return
         except requests.RequestException:
             if daemon is not None and not daemon.alive():
