@@ -176,3 +176,32 @@ def test_etcd_down_gives_503_and_the_web_server_survives(stack):
     while session.get(api(stack) + "/jobs").status_code != 200:
         assert time.monotonic() < deadline, "web server did not recover after etcd came back"
         time.sleep(0.3)
+
+
+def test_console_session_cookie_is_secure_and_forms_need_the_csrf_token(stack):
+    browser = stack.session(login=False)
+    reply = browser.post(stack.url + "/login", data={"username": "admin", "password": stack.password},
+                         allow_redirects=False)
+    assert reply.status_code == 302
+    cookie = reply.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    forged = browser.post(f"{stack.url}/nodes/{stack.node}/diagnostics", data={}, allow_redirects=False)
+    assert forged.status_code == 401
+    assert "CSRF" in forged.text
+    page = browser.get(stack.url + "/").text
+    token = page.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+    started = browser.post(f"{stack.url}/nodes/{stack.node}/diagnostics", data={"csrf_token": token},
+                           allow_redirects=False)
+    assert started.status_code == 302 and "/jobs/" in started.headers["Location"]
+    api_forged = browser.post(f"{api(stack)}/nodes/{stack.node}/diagnostics", json={})
+    assert api_forged.status_code == 401
+    api_ok = browser.post(f"{api(stack)}/nodes/{stack.node}/diagnostics", json={},
+                          headers={"X-CSRF-Token": token})
+    assert api_ok.status_code == 202
+
+
+def test_login_page_redirects_only_within_the_console(stack):
+    browser = stack.session(login=False)
+    reply = browser.post(stack.url + "/login", data={"username": "admin", "password": stack.password,
+                                                     "next": "https://evil.example/"}, allow_redirects=False)
+    assert reply.headers["Location"] == "/"
