@@ -3,13 +3,13 @@ event stream, an agent killed mid-job, and etcd going away under the web server.
 
 import json
 import os
-import subprocess  # noqa: F401  (tests may; the meta-test only polices services/)
-import sys
 import time
 
 import requests
 
 from cairn import __version__
+from cairn.runner import Runner
+from cairn.storage import disks
 
 
 def api(stack):
@@ -41,6 +41,8 @@ def test_node_reports_basic_inventory(stack):
     assert node["cpus"] == os.cpu_count()
     assert node["kernel"] == os.uname().release
     assert node["memory_total"] > 0 and node["uptime"] > 0
+    expected = [d.name for d in disks.disks(disks.parse_lsblk(Runner().run(disks.LSBLK_ARGV).stdout))]
+    assert [d["name"] for d in node["disks"]] == expected
 
 
 def test_diagnostics_job_through_the_api(stack):

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from cairn.errors import ValidationError
+from cairn.storage import disks
 from cairn.system import diagnostics, inventory
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
@@ -32,14 +33,22 @@ def test_df_rows_from_captured_output():
                     "available": 84449501184, "mountpoint": "/"}
 
 
-def test_lsblk_flattens_children():
-    rows = diagnostics.parse_lsblk((FIX / "lsblk" / "host.json").read_text())
-    assert [(r["name"], r["type"], r["mountpoint"]) for r in rows] == [
-        ("zram0", "disk", None), ("vda", "disk", "/")]
-    nested = '{"blockdevices": [{"name": "sda", "size": 100, "type": "disk", "model": "QEMU  ", ' \
-             '"serial": "S1", "mountpoint": null, "children": [{"name": "sda1", "size": 50, ' \
-             '"type": "part", "model": null, "serial": null, "mountpoint": "/boot"}]}]}'
-    assert [(r["name"], r["model"]) for r in diagnostics.parse_lsblk(nested)] == [("sda", "QEMU"), ("sda1", None)]
+def test_lsblk_from_captured_output():
+    devices = disks.parse_lsblk((FIX / "lsblk" / "host.json").read_text())
+    assert [(d.name, d.type, d.mountpoint, d.rotational) for d in devices] == [
+        ("zram0", "disk", None, False), ("vda", "disk", "/", True)]
+    assert [d.name for d in disks.disks(devices)] == ["vda"]
+
+
+def test_lsblk_children_know_their_parent_and_blank_text_is_none():
+    nested = ('{"blockdevices": [{"name": "sda", "path": "/dev/sda", "size": 100, "type": "disk", '
+              '"model": "QEMU  ", "serial": "S1", "tran": "sata", "rota": "1", "mountpoint": null, '
+              '"children": [{"name": "sda1", "size": 50, "type": "part", "model": " ", "serial": null, '
+              '"mountpoint": "/boot"}]}]}')
+    sda, sda1 = disks.parse_lsblk(nested)
+    assert (sda.model, sda.serial, sda.transport, sda.rotational, sda.parent) == ("QEMU", "S1", "sata", True, None)
+    assert (sda1.model, sda1.parent, sda1.mountpoint) == (None, "sda", "/boot")
+    assert [d.name for d in disks.disks([sda, sda1])] == ["sda"]
 
 
 def test_ip_addr_from_captured_output():

@@ -25,11 +25,13 @@ from cairn.jobs import registry
 from cairn.jobs.executor import Executor
 from cairn.jobs.service import JobService
 from cairn.runner import Runner
+from cairn.storage import disks
 from cairn.system.inventory import read_inventory
 
 log = logging.getLogger("cairn.agent")
 
 HEARTBEAT_INTERVAL = 2.0
+DISK_REFRESH_INTERVAL = 30.0
 RECONCILE_INTERVAL = 30.0
 ORPHAN_REASON = "cairn-agent stopped while the job was running (the job was interrupted)"
 
@@ -44,6 +46,8 @@ class Agent:
         self.stop = threading.Event()
         self._lease = 0
         self._lease_lock = threading.Lock()
+        self._disks: list[dict] = []
+        self._disks_at = float("-inf")
         self.executor = Executor(self.jobs, self.node, self.runner, self.lease)
         self.reconcile = ReconcileLoop(self.store, self.node)
 
@@ -62,7 +66,20 @@ class Agent:
             with self._lease_lock:
                 self._lease = 0
             self.lease()
-        nodes.publish(self.store, self.node, read_inventory().to_dict(), time.time(), __version__)
+        inventory = read_inventory().to_dict()
+        inventory["disks"] = self._disk_inventory()
+        nodes.publish(self.store, self.node, inventory, time.time(), __version__)
+
+    def _disk_inventory(self) -> list[dict]:
+        """Whole disks by serial, refreshed every DISK_REFRESH_INTERVAL seconds (lsblk is not free)."""
+        if time.monotonic() - self._disks_at >= DISK_REFRESH_INTERVAL:
+            try:
+                found = disks.parse_lsblk(self.runner.run(disks.LSBLK_ARGV, timeout=20).stdout)
+                self._disks = [d.to_dict() for d in disks.disks(found)]
+                self._disks_at = time.monotonic()
+            except CairnError as exc:
+                log.warning("disk inventory: %s", exc.message)
+        return self._disks
 
     # --- loops -------------------------------------------------------------------------------
     def _loop(self, name: str, interval: float, step) -> None:

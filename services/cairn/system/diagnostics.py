@@ -14,6 +14,7 @@ from typing import Any
 
 from cairn.errors import CommandFailed, ValidationError
 from cairn.jobs.registry import job_kind
+from cairn.storage import disks
 
 MAX_SAMPLES = 100_000
 
@@ -51,21 +52,6 @@ def parse_df(text: str) -> list[dict[str, Any]]:
     return rows
 
 
-def parse_lsblk(text: str) -> list[dict[str, Any]]:
-    """`lsblk -J -b -o NAME,SIZE,TYPE,MODEL,SERIAL,MOUNTPOINT` → flat list of disks and partitions."""
-    found: list[dict[str, Any]] = []
-
-    def walk(devices: list[dict[str, Any]]) -> None:
-        for dev in devices:
-            found.append({"name": dev.get("name"), "size": int(dev.get("size") or 0),
-                          "type": dev.get("type"), "model": (dev.get("model") or "").strip() or None,
-                          "serial": dev.get("serial"), "mountpoint": dev.get("mountpoint")})
-            walk(dev.get("children", []))
-
-    walk(json.loads(text).get("blockdevices", []))
-    return found
-
-
 def parse_ip_addr(text: str) -> list[dict[str, Any]]:
     """`ip -j addr` → interfaces with state and addresses."""
     return [{"name": link.get("ifname"), "state": link.get("operstate"),
@@ -101,8 +87,8 @@ def run_diagnostics(ctx, params: dict[str, Any]) -> dict[str, Any]:
     ctx.check_abort()
 
     ctx.progress(15, "block devices")
-    lsblk = ctx.runner.run(["lsblk", "-J", "-b", "-o", "NAME,SIZE,TYPE,MODEL,SERIAL,MOUNTPOINT"], timeout=20)
-    result["block_devices"] = parse_lsblk(lsblk.stdout)
+    lsblk = ctx.runner.run(disks.LSBLK_ARGV, timeout=20)
+    result["block_devices"] = [d.to_dict() for d in disks.parse_lsblk(lsblk.stdout)]
     ctx.log(f"{len(result['block_devices'])} block devices")
     ctx.check_abort()
 

@@ -37,6 +37,19 @@ class HealthOut(Schema):
     version = String(metadata=d("Cairn version of the node that answered"))
 
 
+class DiskOut(Schema):
+    name = String(metadata=d("Kernel name (changes between boots: identify disks by serial)"))
+    path = String(allow_none=True, metadata=d("Device path, e.g. /dev/nvme0n1"))
+    serial = String(allow_none=True, metadata=d("Serial number: the stable identity of the disk"))
+    model = String(allow_none=True, metadata=d("Model as reported by the disk"))
+    size = Integer(metadata=d("Size in bytes"))
+    type = String(metadata=d("Device type as lsblk reports it (disk)"))
+    transport = String(allow_none=True, metadata=d("Bus: sata, nvme, usb...; empty for virtio"))
+    rotational = Boolean(allow_none=True, metadata=d("True for spinning disks"))
+    mountpoint = String(allow_none=True, metadata=d("Where the whole disk is mounted, if it is"))
+    parent = String(allow_none=True, metadata=d("Always empty for whole disks"))
+
+
 class NodeOut(Schema):
     name = String(metadata=d("Node name"))
     online = Boolean(metadata=d("Whether the node's agent holds its lease (heartbeat within 10 s)"))
@@ -51,6 +64,7 @@ class NodeOut(Schema):
     load_1m = Float(metadata=d("1-minute load average"))
     heartbeat_at = Float(metadata=d("Time of the last heartbeat (Unix time)"))
     agent_version = String(metadata=d("Version of the node's cairn-agent"))
+    disks = List(Nested(DiskOut), metadata=d("Whole disks of the node (refreshed every 30 s)"))
 
 
 class NodeListOut(Schema):

@@ -1,0 +1,1 @@
+"""Cairn storage: disks, SMART, RAID, btrfs pools."""
