@@ -10,19 +10,20 @@ PORT ?= 8443
 APT_PACKAGES := etcd-server etcd-client chromium python3-venv python3-dev btrfs-progs \
 	iproute2 util-linux fonts-dejavu-core ca-certificates
 
-.PHONY: test unit host browser dev run bench deps apt venv clean
+.PHONY: test unit e2e dev bench deps apt venv clean
 
-test: deps
+# The whole suite: unit, meta, host (real etcd/processes), browser, and e2e (booted appliances).
+test: deps image
 	$(PY) -m pytest tests -q -ra
+
+e2e: deps image
+	$(PY) -m pytest tests/e2e -q -ra
 
 unit: deps
 	$(PY) -m pytest tests/unit tests/meta -q
 
 dev: deps
 	$(VENV)/bin/cairn-devstack --state build/dev --port $(PORT)
-
-# Until the appliance image exists (issue 3), `make run` starts the same dev stack on this host.
-run: dev
 
 bench: deps
 	$(PY) tests/bench/bench_api.py
@@ -49,3 +50,7 @@ $(STAMPS)/venv: services/pyproject.toml tests/requirements.txt $(STAMPS)/apt
 
 clean:
 	rm -rf build/dev build/test-artifacts
+
+# `make image` (the appliance image) and `make run` (boot it in QEMU).
+include image/image.mk
+include qemu-testbed/testbed.mk
