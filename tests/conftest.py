@@ -1,29 +1,19 @@
 """Shared fixtures: a real etcd (Debian's etcd-server) on loopback, stores isolated by key root,
-and real cairn-agent + cairn-web processes."""
+and real cairn-agent + cairn-web processes. Helpers live in support.py."""
 
 from __future__ import annotations
 
-import os
-import secrets
 import shutil
-import socket
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cairn import config as config_mod
-from cairn.cluster.store import Store
-from cairn.devstack import EtcdCluster, free_port, start_agent, start_web, wait_http, write_config
-from cairn.runner import Daemon
-
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "build" / "test-artifacts"
+from cairn.cluster.store import Store  # noqa: E402
+from cairn.devstack import EtcdCluster  # noqa: E402
+from support import ARTIFACTS, Stack, new_root, start_stack  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -33,75 +23,9 @@ def etcd(tmp_path_factory) -> EtcdCluster:
     cluster.stop()
 
 
-def new_root() -> str:
-    return f"/t-{secrets.token_hex(4)}"
-
-
 @pytest.fixture
 def store(etcd) -> Store:
     return Store(etcd.endpoints, new_root())
-
-
-@dataclass
-class Stack:
-    """A running node: its own etcd, cairn-agent and cairn-web as real processes."""
-    dir: Path
-    etcd: EtcdCluster
-    config_path: Path
-    cfg: config_mod.Config
-    agent: Daemon
-    web: Daemon
-    url: str
-    ca: str
-
-    @property
-    def password(self) -> str:
-        return (self.dir / "admin-password").read_text().strip()
-
-    @property
-    def node(self) -> str:
-        return self.cfg.node_name
-
-    def store(self) -> Store:
-        return Store(self.cfg.etcd_endpoints, self.cfg.store_root)
-
-    def session(self, login: bool = True) -> requests.Session:
-        session = requests.Session()
-        session.trust_env = False    # else $REQUESTS_CA_BUNDLE replaces the node's CA
-        session.verify = self.ca
-        if login:
-            reply = session.post(self.url + "/api/v1/auth/login",
-                                 json={"username": "admin", "password": self.password})
-            reply.raise_for_status()
-            session.headers["Authorization"] = "Bearer " + reply.json()["token"]
-        return session
-
-    def restart_agent(self) -> None:
-        self.agent = start_agent(self.config_path, self.dir / "agent.log")
-
-    def stop(self) -> None:
-        for daemon in (self.web, self.agent):
-            daemon.stop()
-        self.etcd.stop()
-
-
-def start_stack(base: Path, node: str = "node-a") -> Stack:
-    etcd = EtcdCluster.create(base / "etcd", 1).start()
-    port = free_port()
-    cfg = config_mod.Config(node_name=node, etcd_endpoints=tuple(etcd.endpoints), state_dir=base,
-                            web=config_mod.WebConfig(bind=f"127.0.0.1:{port}", workers=2, threads=8))
-    config_path = write_config(base / "cairn.toml", cfg)
-    agent = start_agent(config_path, base / "agent.log")
-    web = start_web(config_path, base / "web.log")
-    url = f"https://127.0.0.1:{port}"
-    wait_http(url + "/api/v1/health", timeout=60, daemon=web)
-    stack = Stack(base, etcd, config_path, cfg, agent, web, url, str(base / "tls" / "ca.pem"))
-    deadline = time.monotonic() + 30
-    while not stack.session().get(url + "/api/v1/nodes").json()["nodes"]:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the agent did not report its node")
-        time.sleep(0.2)
-    return stack
 
 
 @pytest.fixture(scope="module")

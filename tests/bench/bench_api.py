@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conftest import start_stack  # noqa: E402
+from support import start_stack  # noqa: E402
 from cairn.jobs import model  # noqa: E402
 from cairn.jobs.service import JobService  # noqa: E402
 

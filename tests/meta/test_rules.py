@@ -8,6 +8,7 @@ import pytest
 
 from cairn import config as config_mod
 from cairn.web.app import PUBLIC_ENDPOINTS, create_app
+from support import new_root
 
 SERVICES = Path(__file__).resolve().parents[2] / "services" / "cairn"
 SOURCES = sorted(SERVICES.rglob("*.py"))
@@ -53,7 +54,6 @@ def test_os_system_and_popen_are_not_used():
 
 @pytest.fixture(scope="module")
 def app(etcd, tmp_path_factory):
-    from conftest import new_root
     cfg = config_mod.Config(node_name="meta", etcd_endpoints=tuple(etcd.endpoints),
                             state_dir=tmp_path_factory.mktemp("meta"), store_root=new_root())
     return create_app(cfg)

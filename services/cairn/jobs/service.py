@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from cairn.cluster.store import Store, Put, Delete, absent, Compare
+from cairn.cluster.store import Compare, Delete, Put, Store, absent, unchanged
 from cairn.errors import Conflict, NotFound, PreconditionFailed, ValidationError
 from cairn.jobs import model, registry
 from cairn.jobs.model import Job, JobState
@@ -74,12 +74,12 @@ class JobService:
     def apply(self, job: Job, event: model.JobEvent, *, expect_revision: int | None = None) -> Job:
         """Advance the job and write it. With expect_revision, only if nobody wrote it since."""
         updated = model.advance(job, event)
-        if expect_revision is None:
-            self.store.put(JOBS + job.id, updated.to_dict())
-        elif not self.store.cas(JOBS + job.id, updated.to_dict(), expect_revision):
-            raise Conflict(f"job {job.id} was changed by someone else")
+        writes: list[Put | Delete] = [Put(JOBS + job.id, updated.to_dict())]
         if updated.state.terminal:
-            self.store.delete(ABORTS + job.id)
+            writes.append(Delete(ABORTS + job.id))   # in the same transaction: no stale request
+        compares = [] if expect_revision is None else [unchanged(JOBS + job.id, expect_revision)]
+        if not self.store.txn(compares, writes):
+            raise Conflict(f"job {job.id} was changed by someone else")
         return updated
 
     def queued_for(self, node: str) -> list[tuple[Job, int]]:
