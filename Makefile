@@ -13,10 +13,10 @@ APT_PACKAGES := etcd-server etcd-client chromium python3-venv python3-dev btrfs-
 .PHONY: test unit e2e dev bench deps apt venv clean
 
 # The whole suite: unit, meta, host (real etcd/processes), browser, and e2e (booted appliances).
-test: deps image
+test: deps image testbed-deps
 	$(PY) -m pytest tests -q -ra
 
-e2e: deps image
+e2e: deps image testbed-deps
 	$(PY) -m pytest tests/e2e -q -ra
 
 unit: deps

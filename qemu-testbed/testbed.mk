@@ -13,3 +13,18 @@ RUN_ARGS ?=
 run: image
 	PYTHONPATH=qemu-testbed $(IMAGE_PYTHON) -m cairn_testbed.run --image $(IMAGE_QCOW2) \
 		$(if $(filter 1 yes true,$(FRESH)),--fresh) $(RUN_ARGS)
+
+# `make cluster`: three appliances (NODES=n for another count) on private networks; Ctrl-C tears down.
+NODES ?= 3
+TESTBED_PACKAGES := dnsmasq-base iproute2 openssh-client
+
+.PHONY: cluster testbed-deps
+testbed-deps:
+	@missing=$$(for p in $(TESTBED_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+cluster: image testbed-deps
+	PYTHONPATH=qemu-testbed $(IMAGE_PYTHON) -m cairn_testbed.cluster --nodes $(NODES)

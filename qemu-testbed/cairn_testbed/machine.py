@@ -54,6 +54,13 @@ class DataDisk:
 
 
 @dataclass(frozen=True)
+class Nic:
+    name: str      # "cluster", "lan"
+    netdev: str    # QEMU -netdev without id, e.g. "tap,ifname=tb1a2b0c,script=no,downscript=no"
+    mac: str
+
+
+@dataclass(frozen=True)
 class PortForward:
     host_port: int
     guest_port: int
@@ -77,7 +84,7 @@ class MachineSpec:
     forwards: list[PortForward] = field(default_factory=lambda: [
         PortForward(8443, 443), PortForward(2222, 22)])
     mgmt_mac: str = "52:54:00:ca:00:01"
-    extra_netdevs: list[tuple[str, str]] = field(default_factory=list)  # (netdev arg, mac) for later issues
+    nics: list["Nic"] = field(default_factory=list)  # NICs after the management NIC (testbed segments)
     lan_nic: str | None = None  # passed as the system credential cairn.lan_nic (name or MAC)
     watchdog: bool = False  # i6300esb, reset on expiry
     qemu: str = "qemu-system-x86_64"
@@ -140,23 +147,27 @@ def qemu_argv(spec: MachineSpec, accel: Accel, firmware_code: Path, ssh_public_k
     for index, disk in enumerate(spec.data_disks):
         drive = f"data{index}"
         argv += ["-drive", f"if=none,id={drive},file={spec.disk_path(disk)},format=qcow2,discard=unmap"]
+        device_id = f"disk-{disk.serial}"   # QMP device_del addresses the disk by this id
         if disk.bus == "virtio":
-            argv += ["-device", f"virtio-blk-pci,drive={drive},serial={disk.serial}"]
+            argv += ["-device", f"virtio-blk-pci,drive={drive},serial={disk.serial},id={device_id}"]
         elif disk.bus == "nvme":
-            argv += ["-device", f"nvme,drive={drive},serial={disk.serial}"]
+            argv += ["-device", f"nvme,drive={drive},serial={disk.serial},id={device_id}"]
         elif disk.bus == "sata":
             if sata_ports == 0:
                 argv += ["-device", "ahci,id=ahci0"]
             model = f",model={disk.model}" if disk.model else ""
-            argv += ["-device", f"ide-hd,bus=ahci0.{sata_ports},drive={drive},serial={disk.serial}{model}"]
+            argv += ["-device", f"ide-hd,bus=ahci0.{sata_ports},drive={drive},serial={disk.serial}{model},"
+                                f"id={device_id}"]
             sata_ports += 1
         else:
             raise ValueError(f"unknown disk bus {disk.bus!r}")
     forwards = "".join(f",hostfwd=tcp:{f.host_addr}:{f.host_port}-:{f.guest_port}" for f in spec.forwards)
     argv += ["-netdev", f"user,id=mgmt{forwards}",
              "-device", f"virtio-net-pci,netdev=mgmt,mac={spec.mgmt_mac}"]
-    for index, (netdev, mac) in enumerate(spec.extra_netdevs):
-        argv += ["-netdev", f"{netdev},id=net{index}", "-device", f"virtio-net-pci,netdev=net{index},mac={mac}"]
+    for nic in spec.nics:
+        # QMP set_link names the NIC's netdev: "net-<name>".
+        argv += ["-netdev", f"{nic.netdev},id=net-{nic.name}",
+                 "-device", f"virtio-net-pci,netdev=net-{nic.name},mac={nic.mac},id=nic-{nic.name}"]
     credentials = []
     if ssh_public_key:
         encoded = base64.b64encode(ssh_public_key.strip().encode() + b"\n").decode()

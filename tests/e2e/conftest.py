@@ -20,9 +20,9 @@ from cairn_testbed import accel as accel_module  # noqa: E402
 from cairn_testbed.machine import Machine, MachineSpec, PortForward  # noqa: E402
 from cairn_testbed.run import PASSWORD_PATTERN, newest_manifest, wait_until_ready  # noqa: E402
 from cairn.devstack import free_port  # noqa: E402
+from support import ARTIFACTS  # noqa: E402
 
 BOOT_TIMEOUT = 600
-ARTIFACTS = REPO / "build" / "test-artifacts"
 
 
 @dataclass

@@ -1,0 +1,354 @@
+"""N appliances on private networks, with fault injection: the harness for cluster tests.
+
+    with Testbed.create(3, base_dir) as testbed:
+        testbed.start()                     # boot all at once, wait for SSH + console
+        a, b, c = testbed.nodes
+        a.succeed("ping -c1 " + b.cluster_ip)
+        testbed.partition(c); testbed.heal()
+        b.power_cut(); b.start(); b.wait_for_console()
+
+Networks. Each appliance has three NICs: management (QEMU user-mode networking, with host port
+forwards on 127.0.0.1 for HTTPS and SSH), cluster and LAN. The cluster and LAN NICs are tap devices
+that QEMU opens in the host namespace; the testbed then moves each tap into a network namespace of
+its own (`cairn-tb-<tag>`) and enslaves it to a bridge there (br-cluster, br-lan). Nothing of these
+segments touches the host's own interfaces, and deleting the namespace removes all of it. A dnsmasq
+in the namespace hands out addresses on each segment (fixed ones for the appliances' NICs, by MAC),
+with no default route, so the segments stay private.
+
+Faults: power_cut() (QEMU killed: the plug pulled), reset() (QMP system_reset), set_link(nic, up)
+(QMP set_link: the guest sees its carrier go), partition(node)/heal() (both private NICs down/up),
+detach_disk(serial) (QMP device_del: a disk pulled out).
+
+Every process the testbed starts (QEMU, dnsmasq) is stopped by stop(), which the context manager
+and an atexit hook call even when a test fails.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import secrets
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import accel as accel_module
+from .machine import Machine, MachineSpec, Nic, PortForward, TestbedError
+from .qmp import QMP
+from .run import wait_until_ready
+
+SEGMENTS = {"cluster": "10.77.1", "lan": "10.77.2"}   # /24 each, inside the testbed's namespace only
+FIRST_NODE_HOST = 11                                    # node i gets .11+i on each segment
+DYNAMIC_RANGE = (100, 199)                              # inner guests and bridges
+
+
+def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise TestbedError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- the private segments --------------------------------------------------------------------
+@dataclass
+class Network:
+    """A network namespace with one bridge and one dnsmasq per segment."""
+    tag: str
+    state_dir: Path
+    dnsmasq: dict[str, subprocess.Popen] = field(default_factory=dict)
+    created: bool = False
+
+    @property
+    def namespace(self) -> str:
+        return f"cairn-tb-{self.tag}"
+
+    def ns(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        return _run(["ip", "netns", "exec", self.namespace, *argv], check=check)
+
+    def create(self) -> None:
+        _run(["ip", "netns", "add", self.namespace])
+        self.created = True
+        self.ns("ip", "link", "set", "lo", "up")
+        for segment, prefix in SEGMENTS.items():
+            bridge = f"br-{segment}"
+            self.ns("ip", "link", "add", bridge, "type", "bridge")
+            # No STP and no forwarding delay: a tap is usable the moment it joins.
+            self.ns("ip", "link", "set", bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0")
+            self.ns("ip", "addr", "add", f"{prefix}.1/24", "dev", bridge)
+            self.ns("ip", "link", "set", bridge, "up")
+            hosts = self.state_dir / f"dhcp-hosts-{segment}"
+            hosts.touch()
+            log = open(self.state_dir / f"dnsmasq-{segment}.log", "w")
+            self.dnsmasq[segment] = subprocess.Popen(
+                ["ip", "netns", "exec", self.namespace, "dnsmasq", "--keep-in-foreground",
+                 "--conf-file=/dev/null", "--user=root", "--no-resolv", "--no-hosts", "--port=0", "--log-dhcp",
+                 f"--interface={bridge}", "--bind-interfaces", "--except-interface=lo",
+                 f"--dhcp-range={prefix}.{DYNAMIC_RANGE[0]},{prefix}.{DYNAMIC_RANGE[1]},255.255.255.0,1h",
+                 f"--dhcp-hostsfile={hosts}", f"--dhcp-leasefile={self.state_dir / f'leases-{segment}'}",
+                 "--dhcp-option=3", "--dhcp-option=6", "--log-facility=-"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def reserve(self, segment: str, mac: str, host: int) -> str:
+        """A fixed address for a MAC on a segment (dnsmasq rereads its hosts file on SIGHUP)."""
+        address = f"{SEGMENTS[segment]}.{host}"
+        hosts = self.state_dir / f"dhcp-hosts-{segment}"
+        lines = [line for line in hosts.read_text().splitlines() if not line.startswith(mac)]
+        hosts.write_text("\n".join(lines + [f"{mac},{address}"]) + "\n")
+        process = self.dnsmasq.get(segment)
+        if process and process.poll() is None:
+            # dnsmasq runs as a child of `ip netns exec`, which execs it: same pid.
+            os.kill(process.pid, 1)
+        return address
+
+    def attach(self, tap: str, segment: str) -> None:
+        """Move a tap QEMU opened in the host namespace into ours, onto the segment's bridge."""
+        deadline = time.monotonic() + 10
+        while not Path(f"/sys/class/net/{tap}").exists():
+            if time.monotonic() > deadline:
+                raise TestbedError(f"QEMU did not create the tap device {tap}")
+            time.sleep(0.1)
+        _run(["ip", "link", "set", tap, "netns", self.namespace])
+        self.ns("ip", "link", "set", tap, "master", f"br-{segment}")
+        self.ns("ip", "link", "set", tap, "up")
+
+    def set_tap(self, tap: str, up: bool) -> None:
+        self.ns("ip", "link", "set", tap, "up" if up else "down")
+
+    def destroy(self) -> None:
+        for process in self.dnsmasq.values():
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        self.dnsmasq.clear()
+        if self.created:
+            _run(["ip", "netns", "delete", self.namespace], check=False)
+            self.created = False
+
+
+# --- one appliance ---------------------------------------------------------------------------
+class ApiClient:
+    """A small authenticated client of the appliance's /api/v1 (stdlib only)."""
+
+    def __init__(self, url: str, ca_file: Path, password: str) -> None:
+        self.url = url
+        self.context = ssl.create_default_context(cafile=str(ca_file))
+        self.token = self.call("POST", "/auth/login", {"username": "admin", "password": password})[1]["token"]
+
+    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        request = urllib.request.Request(self.url + "/api/v1" + path, method=method,
+                                         data=None if body is None else json.dumps(body).encode())
+        request.add_header("Content-Type", "application/json")
+        if getattr(self, "token", None):
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, context=self.context, timeout=60) as reply:
+                return reply.status, json.loads(reply.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def get(self, path: str) -> dict:
+        status, body = self.call("GET", path)
+        if status != 200:
+            raise TestbedError(f"GET {path}: {status} {body}")
+        return body
+
+
+@dataclass
+class Node:
+    """One appliance of the testbed, with the test-driver API."""
+    index: int
+    name: str
+    machine: Machine
+    network: Network
+    https_port: int
+    ssh_port: int
+    taps: dict[str, str]             # segment -> tap name
+    macs: dict[str, str]             # segment -> MAC
+    cluster_ip: str
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}"
+
+    # lifecycle
+    def start(self) -> None:
+        self.machine.start()
+        for segment, tap in self.taps.items():
+            self.network.attach(tap, segment)
+
+    def wait_for_console(self, timeout: float = 900) -> dict:
+        seen = wait_until_ready(self.machine, self.https_port, self.ssh_port, timeout)
+        if "console" not in seen or "ssh" not in seen:
+            raise TestbedError(f"{self.name} did not come up within {timeout:.0f} s; see {self.machine.spec.serial_log}")
+        return seen
+
+    def running(self) -> bool:
+        return self.machine.running()
+
+    # commands over SSH
+    def execute(self, command: str, timeout: float = 120) -> tuple[int, str, str]:
+        result = self.machine.ssh(self.ssh_port, command, timeout=timeout)
+        return result.returncode, result.stdout, result.stderr
+
+    def succeed(self, command: str, timeout: float = 120) -> str:
+        code, out, err = self.execute(command, timeout)
+        if code != 0:
+            raise TestbedError(f"{self.name}: `{command}` failed ({code}): {err.strip() or out.strip()}")
+        return out
+
+    def fail(self, command: str, timeout: float = 120) -> str:
+        code, out, err = self.execute(command, timeout)
+        if code == 0:
+            raise TestbedError(f"{self.name}: `{command}` succeeded but was expected to fail: {out.strip()}")
+        return err
+
+    def copy_to(self, local: Path, remote: str) -> None:
+        argv = self.machine.ssh_argv(self.ssh_port)[:-1]   # all the options, without root@host
+        options = argv[1:]
+        port_index = options.index("-p")
+        options[port_index] = "-P"
+        _run(["scp", "-q", *options, str(local), f"root@127.0.0.1:{remote}"])
+
+    # the console API
+    def api(self) -> ApiClient:
+        ca = self.machine.spec.run_dir / "appliance-ca.pem"
+        ca.write_text(self.succeed("cat /var/lib/cairn/tls/ca.pem"))
+        return ApiClient(self.url, ca, self.succeed("cat /var/lib/cairn/admin-password").strip())
+
+    # faults
+    def qmp(self, command: str, **arguments):
+        with QMP(self.machine.spec.qmp_socket) as qmp:
+            return qmp.execute(command, **arguments)
+
+    def power_cut(self) -> None:
+        """Pull the plug: QEMU is gone at once, nothing in the guest gets to react."""
+        if self.machine.process and self.machine.process.poll() is None:
+            self.machine.process.kill()
+            self.machine.process.wait()
+
+    def reset(self) -> None:
+        self.qmp("system_reset")
+
+    def set_link(self, nic: str, up: bool) -> None:
+        """Carrier up/down on the cluster or LAN NIC, as the guest sees it."""
+        self.qmp("set_link", name=f"net-{nic}", up=up)
+
+    def detach_disk(self, serial: str) -> None:
+        self.qmp("device_del", id=f"disk-{serial}")
+
+    def lan_ip(self) -> str | None:
+        """br0's IPv4 address (DHCP on the LAN segment; br0's MAC is the appliance's own)."""
+        out = self.succeed("ip -4 -j addr show dev br0")
+        addresses = [a["local"] for link in json.loads(out) for a in link.get("addr_info", [])]
+        return addresses[0] if addresses else None
+
+
+# --- the testbed -----------------------------------------------------------------------------
+@dataclass
+class Testbed:
+    nodes: list[Node]
+    network: Network
+    state_dir: Path
+    log: callable = print
+
+    @classmethod
+    def create(cls, count: int, state_dir: Path, image: Path | None = None, memory_mib: int = 2048,
+               cpus: int = 2, watchdog: bool = True, accel: str = "auto", log=print) -> "Testbed":
+        from .run import BUILD, newest_manifest
+        state_dir = Path(state_dir).resolve()
+        state_dir.mkdir(parents=True, exist_ok=True)
+        manifest_path = newest_manifest()
+        if manifest_path is None:
+            raise TestbedError("no appliance image under build/: `make image` builds one")
+        manifest = json.loads(manifest_path.read_text())
+        image = image or manifest_path.parent / manifest["qcow2"]
+        kernel = image.with_name(manifest["vmlinuz"]) if manifest.get("vmlinuz") else None
+        chosen = accel_module.choose("qemu-system-x86_64", kernel, BUILD / "cache", accel)
+        tag = secrets.token_hex(2)
+        network = Network(tag, state_dir)
+        nodes = []
+        for index in range(count):
+            name = f"node{index + 1}"
+            macs = {segment: f"52:54:00:{0x70 + i:02x}:{int(tag[:2], 16):02x}:{index + 1:02x}"
+                    for i, segment in enumerate(SEGMENTS)}
+            taps = {segment: f"tb{tag}{index}{segment[0]}" for segment in SEGMENTS}
+            https_port, ssh_port = free_port(), free_port()
+            spec = MachineSpec(
+                name=f"cairn-{name}", image=image, run_dir=state_dir / name, memory_mib=memory_mib,
+                cpus=cpus, forwards=[PortForward(https_port, 443), PortForward(ssh_port, 22)],
+                mgmt_mac=f"52:54:00:ca:{int(tag[:2], 16):02x}:{index + 1:02x}",
+                nics=[Nic(segment, f"tap,ifname={taps[segment]},script=no,downscript=no", macs[segment])
+                      for segment in SEGMENTS],
+                lan_nic=macs["lan"], watchdog=watchdog)
+            machine = Machine(spec, chosen, log=lambda message, n=name: log(f"[{n}] {message}"))
+            machine.prepare(manifest.get("inputs"))
+            nodes.append(Node(index, name, machine, network, https_port, ssh_port, taps, macs,
+                              cluster_ip=f"{SEGMENTS['cluster']}.{FIRST_NODE_HOST + index}"))
+        testbed = cls(nodes, network, state_dir, log)
+        atexit.register(testbed.stop)
+        return testbed
+
+    def __enter__(self) -> "Testbed":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 900) -> dict[str, dict]:
+        """Boot every node at once and wait until each answers SSH and HTTPS."""
+        self.network.create()
+        for node in self.nodes:
+            self.network.reserve("cluster", node.macs["cluster"], FIRST_NODE_HOST + node.index)
+        started = time.monotonic()
+        for node in self.nodes:
+            node.start()
+        seen = {node.name: node.wait_for_console(timeout) for node in self.nodes}
+        self.log(f"testbed: {len(self.nodes)} appliances up in {time.monotonic() - started:.0f} s")
+        return seen
+
+    def partition(self, node: Node) -> None:
+        """Cut the node off both private segments (its management NIC stays, for the harness)."""
+        for tap in node.taps.values():
+            self.network.set_tap(tap, up=False)
+
+    def heal(self) -> None:
+        for node in self.nodes:
+            for tap in node.taps.values():
+                self.network.set_tap(tap, up=True)
+
+    def collect_logs(self, dest: Path) -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        for node in self.nodes:
+            for log in (node.machine.spec.serial_log, node.machine.spec.run_dir / "qemu.log"):
+                if log.exists():
+                    shutil.copy(log, dest / f"{node.name}-{log.name}")
+            if node.running():
+                code, out, _ = node.execute("journalctl -b --no-pager -n 2000", timeout=60)
+                if code == 0:
+                    (dest / f"{node.name}-journal.txt").write_text(out)
+        for log in self.state_dir.glob("dnsmasq-*.log"):
+            shutil.copy(log, dest / log.name)
+
+    def stop(self) -> None:
+        """Stop every QEMU and dnsmasq, delete the namespace. Safe to call twice."""
+        for node in self.nodes:
+            if node.running():
+                node.machine.kill()
+        self.network.destroy()

@@ -1,0 +1,103 @@
+"""Three appliances on the testbed's private segments: they reach each other, survive each other's
+faults, and a tiny test guest run by libvirt on one answers its heartbeat to another over the LAN."""
+
+import json
+import time
+
+import pytest
+
+from cairn_testbed import testbed as testbed_module
+from support import ARTIFACTS
+
+NODES = 3
+
+
+@pytest.fixture(scope="module")
+def testbed(tmp_path_factory, request):
+    bed = testbed_module.Testbed.create(NODES, tmp_path_factory.mktemp("testbed"))
+    try:
+        bed.start()
+        yield bed
+    finally:
+        if request.session.testsfailed:
+            bed.collect_logs(ARTIFACTS / "testbed")
+        bed.stop()
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(1)
+
+
+def reaches(node, address, count=1, wait=2):
+    code, _, _ = node.execute(f"ping -c {count} -W {wait} {address}", timeout=30)
+    return code == 0
+
+
+def link_line(node, mac):
+    """The guest's `ip -o link` line of the NIC with this MAC."""
+    return next(line for line in node.succeed("ip -o link").splitlines() if mac in line)
+
+
+def test_appliances_get_their_cluster_addresses_and_reach_each_other(testbed):
+    for node in testbed.nodes:
+        wait_until(lambda: node.cluster_ip in node.succeed("ip -4 -o addr"), 120,
+                   f"{node.name} to get {node.cluster_ip}")
+    for node in testbed.nodes:
+        for other in testbed.nodes:
+            if other is not node:
+                assert reaches(node, other.cluster_ip), f"{node.name} cannot reach {other.name}"
+
+
+def test_private_segments_have_no_route_out(testbed):
+    node = testbed.nodes[0]
+    routes = json.loads(node.succeed("ip -4 -j route show default"))
+    gateways = {route.get("gateway") for route in routes}
+    assert not any(g and g.startswith(tuple(testbed_module.SEGMENTS.values())) for g in gateways), routes
+
+
+def test_every_appliance_has_its_own_identity(testbed):
+    identities = [(n.succeed("cat /etc/machine-id"), n.succeed("cat /etc/ssh/ssh_host_ed25519_key.pub"),
+                   n.succeed("cat /var/lib/cairn/tls/ca.pem"), n.succeed("cat /var/lib/cairn/admin-password"))
+                  for n in testbed.nodes]
+    for field in range(4):
+        assert len({identity[field] for identity in identities}) == NODES
+
+
+def test_link_cut_isolates_a_node_and_healing_restores_it(testbed):
+    a, b, c = testbed.nodes
+    testbed.partition(c)
+    try:
+        assert not reaches(a, c.cluster_ip, count=2)
+        assert not reaches(c, b.cluster_ip, count=2)
+        assert reaches(a, b.cluster_ip)
+    finally:
+        testbed.heal()
+    wait_until(lambda: reaches(a, c.cluster_ip), 60, "the healed node to answer")
+    c.set_link("cluster", False)
+    try:
+        wait_until(lambda: "NO-CARRIER" in link_line(c, c.macs["cluster"]),
+                   30, "the guest to see its cluster link go down")
+        assert not reaches(a, c.cluster_ip, count=2)
+    finally:
+        c.set_link("cluster", True)
+    wait_until(lambda: reaches(a, c.cluster_ip), 60, "the cluster link to come back")
+
+
+def test_power_cut_is_seen_and_the_others_keep_running(testbed):
+    a, b, c = testbed.nodes
+    c.power_cut()
+    assert not c.running()
+    assert not reaches(a, c.cluster_ip, count=2)
+    for node in (a, b):
+        assert node.running()
+        assert node.succeed("systemctl is-active cairn-agent cairn-web etcd").split() == ["active"] * 3
+    assert reaches(a, b.cluster_ip)
+    c.start()
+    c.wait_for_console()
+    wait_until(lambda: reaches(a, c.cluster_ip), 120, "the restarted node on the cluster segment")
