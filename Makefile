@@ -13,10 +13,10 @@ APT_PACKAGES := etcd-server etcd-client chromium python3-venv python3-dev btrfs-
 .PHONY: test unit e2e dev bench deps apt venv clean
 
 # The whole suite: unit, meta, host (real etcd/processes), browser, and e2e (booted appliances).
-test: deps image testbed-deps
+test: deps image guest testbed-deps
 	$(PY) -m pytest tests -q -ra
 
-e2e: deps image testbed-deps
+e2e: deps image guest testbed-deps
 	$(PY) -m pytest tests/e2e -q -ra
 
 unit: deps
@@ -51,6 +51,8 @@ $(STAMPS)/venv: services/pyproject.toml tests/requirements.txt $(STAMPS)/apt
 clean:
 	rm -rf build/dev build/test-artifacts
 
-# `make image` (the appliance image) and `make run` (boot it in QEMU).
+# `make image` (the appliance image), `make guest` (the tiny test guest), `make run` (boot the
+# appliance in QEMU) and `make cluster` (N appliances on private networks).
 include image/image.mk
+include image/guest/guest.mk
 include qemu-testbed/testbed.mk

@@ -76,11 +76,15 @@ def start_stack(base: Path, node: str = "node-a") -> Stack:
     agent = start_agent(config_path, base / "agent.log")
     web = start_web(config_path, base / "web.log")
     url = f"https://127.0.0.1:{port}"
-    wait_http(url + "/api/v1/health", timeout=60, daemon=web)
     stack = Stack(base, etcd, config_path, cfg, agent, web, url, str(base / "tls" / "ca.pem"))
-    deadline = time.monotonic() + 30
-    while not stack.session().get(url + "/api/v1/nodes").json()["nodes"]:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the agent did not report its node")
-        time.sleep(0.2)
+    try:
+        wait_http(url + "/api/v1/health", timeout=60, daemon=web)
+        deadline = time.monotonic() + 30
+        while not stack.session().get(url + "/api/v1/nodes").json()["nodes"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the agent did not report its node")
+            time.sleep(0.2)
+    except BaseException:
+        stack.stop()     # a stack that never came up must not outlive the test run
+        raise
     return stack

@@ -329,8 +329,13 @@ class Machine:
         return argv + ([command] if command else [])
 
     def ssh(self, port: int, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(self.ssh_argv(port, command), capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        """Run a command over SSH. A command that outlives `timeout` is exit code 124 (as timeout(1))."""
+        argv = self.ssh_argv(port, command)
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as expired:
+            out = expired.stdout.decode(errors="replace") if isinstance(expired.stdout, bytes) else (expired.stdout or "")
+            return subprocess.CompletedProcess(argv, 124, out, f"timed out after {timeout:g} s")
 
     def powerdown(self, timeout: float = 120) -> bool:
         """ACPI power button, then wait for QEMU to exit. Returns True if it shut down cleanly."""

@@ -47,6 +47,9 @@ from .run import wait_until_ready
 SEGMENTS = {"cluster": "10.77.1", "lan": "10.77.2"}   # /24 each, inside the testbed's namespace only
 FIRST_NODE_HOST = 11                                    # node i gets .11+i on each segment
 DYNAMIC_RANGE = (100, 199)                              # inner guests and bridges
+# Inner guests run under TCG inside the (TCG) appliance unless told otherwise: nested KVM on
+# emulated SVM has crashed appliances (see README.md for the stress figures behind this default).
+DEFAULT_INNER_ACCEL = "tcg"
 
 
 def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
@@ -253,11 +256,60 @@ class Node:
     def detach_disk(self, serial: str) -> None:
         self.qmp("device_del", id=f"disk-{serial}")
 
+    def start_test_guest(self, image: Path, name: str, mac: str, accel: str) -> str:
+        """Copy the tiny test guest's disk in and start it under libvirt; returns its serial log path."""
+        disk = f"/var/lib/libvirt/images/{name}.img"
+        serial_log = f"/var/log/libvirt/qemu/{name}-serial.log"
+        self.copy_to(image, disk)
+        xml = self.machine.spec.run_dir / f"{name}.xml"
+        xml.write_text(guest_domain_xml(name, disk, mac, accel, serial_log))
+        self.copy_to(xml, f"/tmp/{name}.xml")
+        self.succeed(f"virsh -c qemu:///system define /tmp/{name}.xml && virsh -c qemu:///system start {name}")
+        return serial_log
+
     def lan_ip(self) -> str | None:
         """br0's IPv4 address (DHCP on the LAN segment; br0's MAC is the appliance's own)."""
         out = self.succeed("ip -4 -j addr show dev br0")
         addresses = [a["local"] for link in json.loads(out) for a in link.get("addr_info", [])]
         return addresses[0] if addresses else None
+
+
+# --- the tiny test guest inside an appliance --------------------------------------------------
+def guest_domain_xml(name: str, disk: str, mac: str, accel: str, serial_log: str, memory_mib: int = 128) -> str:
+    """A libvirt domain for the tiny test guest on the appliance's LAN bridge (pure).
+
+    accel "kvm" uses the appliance's nested KVM (-cpu max exposes SVM under TCG); "tcg" runs the
+    guest under QEMU's emulator inside the appliance (slow, but never crashes the appliance).
+    """
+    if accel not in ("kvm", "tcg"):
+        raise ValueError(f"inner accelerator must be kvm or tcg, not {accel!r}")
+    domain_type = "kvm" if accel == "kvm" else "qemu"
+    cpu = "<cpu mode='host-passthrough'/>" if accel == "kvm" else "<cpu mode='custom'><model>qemu64</model></cpu>"
+    return f"""<domain type='{domain_type}'>
+  <name>{name}</name>
+  <memory unit='MiB'>{memory_mib}</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <features><acpi/></features>
+  {cpu}
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw' discard='unmap'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <interface type='bridge'>
+      <source bridge='br0'/>
+      <mac address='{mac}'/>
+      <model type='virtio'/>
+    </interface>
+    <serial type='file'><source path='{serial_log}'/><target port='0'/></serial>
+    <console type='file'><source path='{serial_log}'/><target type='serial' port='0'/></console>
+  </devices>
+</domain>
+"""
 
 
 # --- the testbed -----------------------------------------------------------------------------
@@ -267,10 +319,12 @@ class Testbed:
     network: Network
     state_dir: Path
     log: callable = print
+    inner_accel: str = "tcg"     # how appliances run inner guests: "tcg" or "kvm" (nested)
 
     @classmethod
     def create(cls, count: int, state_dir: Path, image: Path | None = None, memory_mib: int = 2048,
-               cpus: int = 2, watchdog: bool = True, accel: str = "auto", log=print) -> "Testbed":
+               cpus: int = 2, watchdog: bool = True, accel: str = "auto", log=print,
+               inner_accel: str | None = None) -> "Testbed":
         from .run import BUILD, newest_manifest
         state_dir = Path(state_dir).resolve()
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -301,7 +355,10 @@ class Testbed:
             machine.prepare(manifest.get("inputs"))
             nodes.append(Node(index, name, machine, network, https_port, ssh_port, taps, macs,
                               cluster_ip=f"{SEGMENTS['cluster']}.{FIRST_NODE_HOST + index}"))
-        testbed = cls(nodes, network, state_dir, log)
+        inner = inner_accel or os.environ.get("CAIRN_INNER_ACCEL", DEFAULT_INNER_ACCEL)
+        if inner not in ("tcg", "kvm"):
+            raise TestbedError(f"inner accelerator must be tcg or kvm, not {inner!r}")
+        testbed = cls(nodes, network, state_dir, log, inner)
         atexit.register(testbed.stop)
         return testbed
 

@@ -2,7 +2,9 @@
 faults, and a tiny test guest run by libvirt on one answers its heartbeat to another over the LAN."""
 
 import json
+import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +12,7 @@ from cairn_testbed import testbed as testbed_module
 from support import ARTIFACTS
 
 NODES = 3
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +104,30 @@ def test_power_cut_is_seen_and_the_others_keep_running(testbed):
     c.start()
     c.wait_for_console()
     wait_until(lambda: reaches(a, c.cluster_ip), 120, "the restarted node on the cluster segment")
+
+
+GUEST_IMAGE = REPO / "build" / "guest" / "cairn-testguest.img"
+GUEST_MAC = "52:54:00:77:02:32"
+HEARTBEAT = re.compile(r"CAIRN-HEARTBEAT boot=(\S+) n=(\d+)")
+
+
+def test_test_guest_on_one_appliance_answers_another_over_the_lan(testbed):
+    a, b, _ = testbed.nodes
+    assert GUEST_IMAGE.exists(), "the test guest is not built: `make guest`"
+    address = testbed.network.reserve("lan", GUEST_MAC, 50)
+    serial = a.start_test_guest(GUEST_IMAGE, "testguest", GUEST_MAC, testbed.inner_accel)
+    started = time.monotonic()
+    try:
+        first = wait_until(lambda: HEARTBEAT.search(a.succeed(f"cat {serial} 2>/dev/null || true")), 600,
+                           "the guest's first heartbeat on its serial console")
+        booted = time.monotonic() - started
+        reply = wait_until(lambda: b.execute(f"curl -s --max-time 5 http://{address}/heartbeat")[1], 180,
+                           "the guest's HTTP heartbeat from the other appliance")
+        over_lan = HEARTBEAT.search(reply)
+        assert over_lan.group(1) == first.group(1), "HTTP and serial heartbeats come from different boots"
+        time.sleep(3)
+        later = HEARTBEAT.search(b.succeed(f"curl -s --max-time 5 http://{address}/heartbeat"))
+        assert (later.group(1), int(later.group(2)) > int(over_lan.group(2))) == (first.group(1), True)
+        print(f"test guest ({testbed.inner_accel} inside TCG): first heartbeat {booted:.0f} s after start")
+    finally:
+        a.execute("virsh -c qemu:///system destroy testguest; virsh -c qemu:///system undefine testguest")
