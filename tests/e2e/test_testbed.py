@@ -131,3 +131,21 @@ def test_test_guest_on_one_appliance_answers_another_over_the_lan(testbed):
         print(f"test guest ({testbed.inner_accel} inside TCG): first heartbeat {booted:.0f} s after start")
     finally:
         a.execute("virsh -c qemu:///system destroy testguest; virsh -c qemu:///system undefine testguest")
+
+
+def test_pulled_disk_disappears_from_the_appliance(testbed):
+    _, b, _ = testbed.nodes
+    assert "CAIRN-VD2" in b.succeed("lsblk -dno SERIAL")
+    b.detach_disk("CAIRN-VD2")
+    wait_until(lambda: "CAIRN-VD2" not in b.succeed("lsblk -dno SERIAL"), 60, "the pulled disk to vanish")
+    assert "CAIRN-VD1" in b.succeed("lsblk -dno SERIAL")
+
+
+def test_reset_reboots_the_appliance(testbed):
+    _, b, _ = testbed.nodes
+    before = b.succeed("cat /proc/sys/kernel/random/boot_id").strip()
+    b.reset()
+    wait_until(lambda: (lambda r: r[0] == 0 and r[1].strip() not in ("", before))(
+        b.execute("cat /proc/sys/kernel/random/boot_id", timeout=15)), 600, "the reset node to boot again")
+    b.wait_for_console()
+    assert b.running()
