@@ -84,6 +84,9 @@ class MachineSpec:
     forwards: list[PortForward] = field(default_factory=lambda: [
         PortForward(8443, 443), PortForward(2222, 22)])
     mgmt_mac: str = "52:54:00:ca:00:01"
+    # restrict: the management NIC reaches nothing but the host port forwards (tests: no traffic
+    # may leave for any address outside the testbed, even by a wrong route).
+    mgmt_restrict: bool = False
     nics: list["Nic"] = field(default_factory=list)  # NICs after the management NIC (testbed segments)
     lan_nic: str | None = None  # passed as the system credential cairn.lan_nic (name or MAC)
     watchdog: bool = False  # i6300esb, reset on expiry
@@ -148,10 +151,12 @@ def qemu_argv(spec: MachineSpec, accel: Accel, firmware_code: Path, ssh_public_k
         drive = f"data{index}"
         argv += ["-drive", f"if=none,id={drive},file={spec.disk_path(disk)},format=qcow2,discard=unmap"]
         device_id = f"disk-{disk.serial}"   # QMP device_del addresses the disk by this id
-        if disk.bus == "virtio":
-            argv += ["-device", f"virtio-blk-pci,drive={drive},serial={disk.serial},id={device_id}"]
-        elif disk.bus == "nvme":
-            argv += ["-device", f"nvme,drive={drive},serial={disk.serial},id={device_id}"]
+        if disk.bus in ("virtio", "nvme"):
+            # Each on a PCIe root port of its own: q35's root bus cannot hot-unplug (detach_disk).
+            port = f"rp{index}"
+            argv += ["-device", f"pcie-root-port,id={port},chassis={index + 1},slot={index + 1}"]
+            model = "virtio-blk-pci" if disk.bus == "virtio" else "nvme"
+            argv += ["-device", f"{model},drive={drive},serial={disk.serial},id={device_id},bus={port}"]
         elif disk.bus == "sata":
             if sata_ports == 0:
                 argv += ["-device", "ahci,id=ahci0"]
@@ -162,7 +167,8 @@ def qemu_argv(spec: MachineSpec, accel: Accel, firmware_code: Path, ssh_public_k
         else:
             raise ValueError(f"unknown disk bus {disk.bus!r}")
     forwards = "".join(f",hostfwd=tcp:{f.host_addr}:{f.host_port}-:{f.guest_port}" for f in spec.forwards)
-    argv += ["-netdev", f"user,id=mgmt{forwards}",
+    restrict = ",restrict=on" if spec.mgmt_restrict else ""
+    argv += ["-netdev", f"user,id=mgmt{restrict}{forwards}",
              "-device", f"virtio-net-pci,netdev=mgmt,mac={spec.mgmt_mac}"]
     for nic in spec.nics:
         # QMP set_link names the NIC's netdev: "net-<name>".

@@ -93,7 +93,7 @@ class Network:
             self.ns("ip", "addr", "add", f"{prefix}.1/24", "dev", bridge)
             self.ns("ip", "link", "set", bridge, "up")
             hosts = self.state_dir / f"dhcp-hosts-{segment}"
-            hosts.touch()
+            hosts.touch()     # reserve() may have written it already
             log = open(self.state_dir / f"dnsmasq-{segment}.log", "w")
             self.dnsmasq[segment] = subprocess.Popen(
                 ["ip", "netns", "exec", self.namespace, "dnsmasq", "--keep-in-foreground",
@@ -108,13 +108,24 @@ class Network:
         """A fixed address for a MAC on a segment (dnsmasq rereads its hosts file on SIGHUP)."""
         address = f"{SEGMENTS[segment]}.{host}"
         hosts = self.state_dir / f"dhcp-hosts-{segment}"
-        lines = [line for line in hosts.read_text().splitlines() if not line.startswith(mac)]
+        existing = hosts.read_text().splitlines() if hosts.exists() else []
+        lines = [line for line in existing if not line.startswith(mac)]
         hosts.write_text("\n".join(lines + [f"{mac},{address}"]) + "\n")
         process = self.dnsmasq.get(segment)
         if process and process.poll() is None:
-            # dnsmasq runs as a child of `ip netns exec`, which execs it: same pid.
+            # SIGHUP rereads the hosts file, but kills a dnsmasq that has not set up its handlers
+            # yet: wait until it says it is serving. (`ip netns exec` execs dnsmasq: same pid.)
+            self.wait_serving(segment)
             os.kill(process.pid, 1)
         return address
+
+    def wait_serving(self, segment: str, timeout: float = 10.0) -> None:
+        log = self.state_dir / f"dnsmasq-{segment}.log"
+        deadline = time.monotonic() + timeout
+        while "sockets bound exclusively" not in log.read_text():
+            if self.dnsmasq[segment].poll() is not None or time.monotonic() > deadline:
+                raise TestbedError(f"dnsmasq on {segment} is not serving; see {log}")
+            time.sleep(0.05)
 
     def attach(self, tap: str, segment: str) -> None:
         """Move a tap QEMU opened in the host namespace into ours, onto the segment's bridge."""
@@ -350,7 +361,7 @@ class Testbed:
                 mgmt_mac=f"52:54:00:ca:{int(tag[:2], 16):02x}:{index + 1:02x}",
                 nics=[Nic(segment, f"tap,ifname={taps[segment]},script=no,downscript=no", macs[segment])
                       for segment in SEGMENTS],
-                lan_nic=macs["lan"], watchdog=watchdog)
+                lan_nic=macs["lan"], watchdog=watchdog, mgmt_restrict=True)
             machine = Machine(spec, chosen, log=lambda message, n=name: log(f"[{n}] {message}"))
             machine.prepare(manifest.get("inputs"))
             nodes.append(Node(index, name, machine, network, https_port, ssh_port, taps, macs,
@@ -370,9 +381,11 @@ class Testbed:
 
     def start(self, timeout: float = 900) -> dict[str, dict]:
         """Boot every node at once and wait until each answers SSH and HTTPS."""
-        self.network.create()
-        for node in self.nodes:
+        for node in self.nodes:     # in the hosts file before dnsmasq starts
             self.network.reserve("cluster", node.macs["cluster"], FIRST_NODE_HOST + node.index)
+        self.network.create()
+        for segment in SEGMENTS:
+            self.network.wait_serving(segment)
         started = time.monotonic()
         for node in self.nodes:
             node.start()

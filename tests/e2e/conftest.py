@@ -76,7 +76,7 @@ def boot(base: Path, name: str) -> Appliance:
     https_port, ssh_port = free_port(), free_port()
     kernel = image.with_name(manifest["vmlinuz"]) if manifest.get("vmlinuz") else None
     chosen = accel_module.choose("qemu-system-x86_64", kernel, REPO / "build" / "cache", "auto")
-    spec = MachineSpec(name=name, image=image, run_dir=base / name,
+    spec = MachineSpec(name=name, image=image, run_dir=base / name, mgmt_restrict=True,
                        forwards=[PortForward(https_port, 443), PortForward(ssh_port, 22)])
     machine = Machine(spec, chosen, log=lambda message: print(f"[{name}] {message}"))
     machine.prepare(manifest.get("inputs"))

@@ -25,11 +25,17 @@ def test_argv_has_uefi_tcg_four_data_disks_by_serial_and_port_forwards(tmp_path)
     assert "if=pflash,format=raw,unit=0,readonly=on,file=/ovmf/CODE.fd" in text
     assert "virtio-blk-pci,drive=root,bootindex=0,serial=CAIRN-ROOT" in text
     devices = [argv[i + 1] for i, a in enumerate(argv) if a == "-device"]
-    assert "virtio-blk-pci,drive=data0,serial=CAIRN-VD1" in devices
-    assert "virtio-blk-pci,drive=data1,serial=CAIRN-VD2" in devices
-    assert "nvme,drive=data2,serial=CAIRN-NVME1" in devices
-    assert "ide-hd,bus=ahci0.0,drive=data3,serial=CAIRN-SATA1,model=CAIRN SATA DISK" in devices
+    assert "virtio-blk-pci,drive=data0,serial=CAIRN-VD1,id=disk-CAIRN-VD1,bus=rp0" in devices
+    assert "pcie-root-port,id=rp0,chassis=1,slot=1" in devices      # hot-unpluggable
+    assert "virtio-blk-pci,drive=data1,serial=CAIRN-VD2,id=disk-CAIRN-VD2,bus=rp1" in devices
+    assert "nvme,drive=data2,serial=CAIRN-NVME1,id=disk-CAIRN-NVME1,bus=rp2" in devices
+    assert "ide-hd,bus=ahci0.0,drive=data3,serial=CAIRN-SATA1,model=CAIRN SATA DISK,id=disk-CAIRN-SATA1" in devices
     assert "user,id=mgmt,hostfwd=tcp:127.0.0.1:8443-:443,hostfwd=tcp:127.0.0.1:2222-:22" in argv
+
+
+def test_testbed_management_nic_is_restricted_to_its_port_forwards(tmp_path):
+    argv = qemu_argv(spec(tmp_path, mgmt_restrict=True), Accel("tcg", TCG, ""), Path("/c.fd"), None)
+    assert "user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:8443-:443,hostfwd=tcp:127.0.0.1:2222-:22" in argv
     assert argv[argv.index("-m") + 1] == "4096" and argv[argv.index("-smp") + 1] == "2"
 
 
