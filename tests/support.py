@@ -19,6 +19,17 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "build" / "test-artifacts"
 
 
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
+    """Poll until predicate() is truthy; return its value, or fail naming what never happened."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(interval)
+
+
 def new_root() -> str:
     """A key root of its own, so tests sharing one etcd never see each other's keys."""
     return f"/t-{secrets.token_hex(4)}"

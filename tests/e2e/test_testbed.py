@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cairn_testbed import testbed as testbed_module
+import support
 from support import ARTIFACTS
 
 NODES = 3
@@ -28,13 +29,7 @@ def testbed(tmp_path_factory, request):
 
 
 def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(1)
+    return support.wait_until(predicate, timeout, what, interval=1)
 
 
 def reaches(node, address, count=1, wait=2):

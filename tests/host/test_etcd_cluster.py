@@ -1,7 +1,6 @@
 """Three etcd members on 127.0.0.1-3 and a real cairn-agent: killing the etcd leader in the middle
 of a job does not leave the job hanging — it completes, or fails with a clear reason."""
 
-import time
 
 import pytest
 
@@ -10,6 +9,7 @@ from cairn.cluster.store import Store
 from cairn.devstack import EtcdCluster, start_agent, write_config
 from cairn.jobs.model import JobState
 from cairn.jobs.service import JobService
+from support import wait_until
 
 
 @pytest.fixture
@@ -19,16 +19,6 @@ def three(tmp_path):
     cluster.stop()
 
 
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def test_job_survives_leader_loss(three, tmp_path):
     cfg = config_mod.Config(node_name="n3", etcd_endpoints=tuple(three.endpoints), state_dir=tmp_path,
                             store_root="/cairn")
@@ -36,14 +26,14 @@ def test_job_survives_leader_loss(three, tmp_path):
     try:
         store = Store(three.endpoints, "/cairn", timeout=3)
         jobs = JobService(store)
-        wait_for(lambda: store.get("nodes/n3"), 30, "the agent's heartbeat")
+        wait_until(lambda: store.get("nodes/n3"), 30, "the agent's heartbeat")
 
         job = jobs.submit("node.diagnostics", "n3", {"samples": 6000})
-        wait_for(lambda: jobs.get(job.id).progress >= 56, 30, "the job to reach its store-latency step")
+        wait_until(lambda: jobs.get(job.id).progress >= 56, 30, "the job to reach its store-latency step")
         leader = three.leader()
         leader.daemon.kill()
 
-        ended = wait_for(lambda: (j := jobs.get(job.id)).state.terminal and j, 120, "the job to end")
+        ended = wait_until(lambda: (j := jobs.get(job.id)).state.terminal and j, 120, "the job to end")
         print(f"job after leader loss: {ended.state.value} {ended.error or ''}")
         assert ended.state in (JobState.SUCCESS, JobState.FAILED)
         if ended.state is JobState.FAILED:
@@ -54,7 +44,7 @@ def test_job_survives_leader_loss(three, tmp_path):
 
         # The two members left still make a quorum: the agent runs the next job normally.
         again = jobs.submit("node.diagnostics", "n3", {"samples": 10})
-        assert wait_for(lambda: (j := jobs.get(again.id)).state.terminal and j, 60,
+        assert wait_until(lambda: (j := jobs.get(again.id)).state.terminal and j, 60,
                         "the next job").state is JobState.SUCCESS
         assert agent.alive()
     finally:
