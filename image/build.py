@@ -39,15 +39,16 @@ import hashlib
 import inspect
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import tomllib
 import uuid
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from buildkit import CommandFailed, Timer, ensure_host_packages, log, run  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "build"
@@ -155,50 +156,10 @@ KERNEL_CMDLINE = ("rw rootfstype=ext4 rootwait console=tty0 console=ttyS0,115200
                   "systemd.show_status=auto audit=0")
 
 
-# ---------------------------------------------------------------------------------------------
-# The one door to external commands.
-
-
-class CommandFailed(RuntimeError):
-    def __init__(self, argv: list[str], code: int, stderr: str):
-        super().__init__(f"command failed ({code}): {shlex.join(argv)}\n{stderr}")
-        self.argv, self.code, self.stderr = argv, code, stderr
-
-
-def log(message: str) -> None:
-    print(f"[build {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
 # Commands run inside the chroot get this environment, not the host's (whose PIP_*, SSL_* and
 # proxy settings name host paths).
 CHROOT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
               "HOME": "/root", "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
-
-
-def run(argv: list[str], *, input: str | None = None, capture: bool = False, check: bool = True,
-        env: dict[str, str] | None = None, clean_env: bool = False,
-        cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run argv (never through a shell); stream output unless capture; raise CommandFailed.
-
-    env adds to the host environment, or replaces it entirely when clean_env is set."""
-    argv = [str(a) for a in argv]
-    log("$ " + shlex.join(argv))
-    started = time.monotonic()
-    if clean_env:
-        environment = dict(env or {})
-    else:
-        environment = None if env is None else {**os.environ, **env}
-    result = subprocess.run(
-        argv, input=input, text=True, cwd=cwd, env=environment,
-        stdout=subprocess.PIPE if capture else None,
-        stderr=subprocess.PIPE if capture else None,
-    )
-    elapsed = time.monotonic() - started
-    if elapsed > 5:
-        log(f"  ({elapsed:.1f} s)")
-    if check and result.returncode != 0:
-        raise CommandFailed(argv, result.returncode, result.stderr or "")
-    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,35 +219,8 @@ def disk_usage_bytes(root: Path) -> int:
     return total
 
 
-class Timer:
-    def __init__(self):
-        self.steps: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def step(self, name: str):
-        log(f"== {name}")
-        started = time.monotonic()
-        yield
-        self.steps[name] = round(time.monotonic() - started, 1)
-        log(f"== {name} done in {self.steps[name]} s")
-
-
 # ---------------------------------------------------------------------------------------------
 # deps
-
-
-def ensure_host_packages(packages: list[str]) -> None:
-    missing = []
-    for package in packages:
-        status = run(["dpkg-query", "-W", "-f=${Status}", package], capture=True, check=False)
-        if "ok installed" not in status.stdout:
-            missing.append(package)
-    if not missing:
-        log("host packages present: " + " ".join(packages))
-        return
-    env = {"DEBIAN_FRONTEND": "noninteractive"}
-    run(["apt-get", "update", "-qq"], env=env)
-    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,6 +484,7 @@ def inputs_hash(services: Path) -> str:
     digest = hashlib.sha256()
     digest.update(base_key().encode())
     digest.update(Path(__file__).read_bytes())
+    digest.update((Path(__file__).parent / "buildkit.py").read_bytes())
     digest.update(tree_digest(REPO / "rootfs").encode())
     digest.update(tree_digest(services).encode())
     return digest.hexdigest()[:16]

@@ -13,7 +13,7 @@ import requests
 from cairn import config as config_mod
 from cairn.cluster.store import Store
 from cairn.devstack import EtcdCluster, free_port, start_agent, start_web, wait_http, write_config
-from cairn.runner import Daemon
+from cairn.runner import Daemon, Runner
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "build" / "test-artifacts"
@@ -78,11 +78,12 @@ class Stack:
         self.etcd.stop()
 
 
-def start_stack(base: Path, node: str = "node-a") -> Stack:
+def start_stack(base: Path, node: str = "node-a", storage: config_mod.StorageConfig | None = None) -> Stack:
     etcd = EtcdCluster.create(base / "etcd", 1).start()
     port = free_port()
     cfg = config_mod.Config(node_name=node, etcd_endpoints=tuple(etcd.endpoints), state_dir=base,
-                            web=config_mod.WebConfig(bind=f"127.0.0.1:{port}", workers=2, threads=8))
+                            web=config_mod.WebConfig(bind=f"127.0.0.1:{port}", workers=2, threads=8),
+                            storage=storage or config_mod.StorageConfig())
     config_path = write_config(base / "cairn.toml", cfg)
     agent = start_agent(config_path, base / "agent.log")
     web = start_web(config_path, base / "web.log")
@@ -99,3 +100,37 @@ def start_stack(base: Path, node: str = "node-a") -> Stack:
         stack.stop()     # a stack that never came up must not outlive the test run
         raise
     return stack
+
+
+class LoopDisks:
+    """Sparse files on loop devices, standing in for disks where the host has no spare ones.
+    Detached (and unmounted) at close, whatever happened."""
+
+    def __init__(self, directory: Path, count: int, size_mib: int = 512) -> None:
+        self.runner = Runner()
+        self.directory = directory
+        self.devices: list[str] = []
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            for index in range(count):
+                backing = directory / f"disk{index}.img"
+                with open(backing, "wb") as fh:
+                    fh.truncate(size_mib << 20)
+                self.devices.append(self.runner.run(["losetup", "-f", "--show", str(backing)]).stdout.strip())
+        except BaseException:
+            self.close()
+            raise
+
+    def ids(self) -> list[str]:
+        """How Cairn names them: loop:<name>."""
+        return [f"loop:{Path(d).name}" for d in self.devices]
+
+    def close(self) -> None:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+        for line in mounts:
+            source, point = line.split()[:2]
+            if source in self.devices or point.startswith(str(self.directory)):
+                self.runner.run(["umount", "-l", point], check=False)
+        for device in self.devices:
+            self.runner.run(["losetup", "-d", device], check=False)
+        self.devices = []

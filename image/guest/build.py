@@ -37,13 +37,17 @@ import gzip
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import stat
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import buildkit  # noqa: E402
+from buildkit import CommandFailed, Timer, ensure_host_packages, log, package_version, run, sha256_file  # noqa: E402,F401
+
+buildkit.PREFIX = "guest"
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -91,81 +95,7 @@ SOURCE_DATE_EPOCH = 1700000000
 
 
 # ---------------------------------------------------------------------------------------------
-# The one door to external commands.
-
-
-class CommandFailed(RuntimeError):
-    def __init__(self, argv: list[str], code: int, stderr: str):
-        super().__init__(f"command failed ({code}): {shlex.join(argv)}\n{stderr}")
-        self.argv, self.code, self.stderr = argv, code, stderr
-
-
-def log(message: str) -> None:
-    print(f"[guest {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def run(argv: list[str], *, input: str | None = None, capture: bool = False, check: bool = True,
-        env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run argv (never through a shell); stream output unless capture; raise CommandFailed."""
-    argv = [str(a) for a in argv]
-    log("$ " + shlex.join(argv))
-    started = time.monotonic()
-    result = subprocess.run(
-        argv, input=input, text=True, cwd=cwd,
-        env=None if env is None else {**os.environ, **env},
-        stdout=subprocess.PIPE if capture else None,
-        stderr=subprocess.PIPE if capture else None,
-    )
-    elapsed = time.monotonic() - started
-    if elapsed > 5:
-        log(f"  ({elapsed:.1f} s)")
-    if check and result.returncode != 0:
-        raise CommandFailed(argv, result.returncode, result.stderr or "")
-    return result
-
-
-# ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-class Timer:
-    def __init__(self) -> None:
-        self.steps: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def step(self, name: str):
-        log(f"== {name}")
-        started = time.monotonic()
-        yield
-        self.steps[name] = round(time.monotonic() - started, 1)
-        log(f"== {name} done in {self.steps[name]} s")
-
-
-def package_version(package: str) -> str:
-    result = run(["dpkg-query", "-W", "-f=${Version}", package], capture=True, check=False)
-    return result.stdout.strip() if result.returncode == 0 else "missing"
-
-
-def ensure_host_packages(packages: list[str]) -> None:
-    missing = []
-    for package in packages:
-        status = run(["dpkg-query", "-W", "-f=${Status}", package], capture=True, check=False)
-        if "ok installed" not in status.stdout:
-            missing.append(package)
-    if not missing:
-        log("host packages present")
-        return
-    env = {"DEBIAN_FRONTEND": "noninteractive"}
-    run(["apt-get", "update", "-qq"], env=env)
-    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,6 +335,7 @@ def inputs_hash(kernel: str) -> str:
             digest.update(path.read_bytes())
     for package in ("busybox-static", "syslinux", "syslinux-common"):
         digest.update(f"{package}={package_version(package)}\n".encode())
+    digest.update((HERE.parent / "buildkit.py").read_bytes())
     digest.update(kernel.encode())
     return digest.hexdigest()[:16]
 

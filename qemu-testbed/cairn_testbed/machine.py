@@ -49,7 +49,7 @@ class TestbedError(RuntimeError):
 class DataDisk:
     bus: str  # "virtio", "nvme" or "sata"
     serial: str
-    size_gib: int = 8
+    size_mib: int = 8192
     model: str | None = None  # SATA only
 
 
@@ -253,7 +253,7 @@ class Machine:
         for disk in spec.data_disks:
             if not spec.disk_path(disk).exists():
                 self._run(["qemu-img", "create", "-q", "-f", "qcow2", str(spec.disk_path(disk)),
-                           f"{disk.size_gib}G"])
+                           f"{disk.size_mib}M"])
         if not spec.ssh_key.exists():
             spec.ssh_key.parent.mkdir(parents=True, exist_ok=True)
             self._run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"cairn-testbed-{spec.name}",

@@ -278,6 +278,24 @@ class Node:
         self.succeed(f"virsh -c qemu:///system define /tmp/{name}.xml && virsh -c qemu:///system start {name}")
         return serial_log
 
+    def trust(self, other: "Node") -> None:
+        """Let this node's root SSH to the other over the cluster segment (for qemu+ssh migration)."""
+        key = self.succeed("test -f /root/.ssh/id_ed25519 || ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_ed25519;"
+                           " cat /root/.ssh/id_ed25519.pub").strip()
+        other.succeed(f"grep -qxF '{key}' /root/.ssh/authorized_keys || echo '{key}' >> /root/.ssh/authorized_keys")
+
+    def migrate(self, name: str, dest: "Node", copy_storage: bool = True, timeout: float = 600) -> float:
+        """Live-migrate a libvirt domain to another node over the cluster segment; returns seconds taken.
+
+        With copy_storage the disk is mirrored over NBD, so the destination must hold a file of the
+        same size at the same path (any content)."""
+        uri = f"qemu+ssh://root@{dest.cluster_ip}/system?no_verify=1&keyfile=/root/.ssh/id_ed25519"
+        flags = "--live --persistent --undefinesource" + (" --copy-storage-all" if copy_storage else "")
+        started = time.monotonic()
+        self.succeed(f"virsh -c qemu:///system migrate {flags} {name} '{uri}' --migrateuri tcp://{dest.cluster_ip}",
+                     timeout=timeout)
+        return time.monotonic() - started
+
     def lan_ip(self) -> str | None:
         """br0's IPv4 address (DHCP on the LAN segment; br0's MAC is the appliance's own)."""
         out = self.succeed("ip -4 -j addr show dev br0")

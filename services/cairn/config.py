@@ -7,6 +7,10 @@
     [web]
     bind = "0.0.0.0:443"
     workers = 2
+    [storage]
+    pools_root = "/pools"                       # pools are mounted at <pools_root>/<pool>
+    smart_interval = 600                        # seconds between SMART reads of every disk
+    include_loop = false                        # treat loop devices as disks (tests only)
 
 Written by the image (or the dev stack); read by cairn-agent and cairn-web at start.
 """
@@ -32,18 +36,26 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    pools_root: str = "/pools"
+    smart_interval: float = 600.0
+    include_loop: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     node_name: str
     etcd_endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
     state_dir: Path = Path("/var/lib/cairn")
     store_root: str = "/cairn"
     web: WebConfig = field(default_factory=WebConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
 
 def parse(data: dict, default_node_name: str) -> Config:
     """Config from parsed TOML. All problems are reported at once, by key."""
     problems: dict[str, str] = {}
-    known = {"node_name", "etcd_endpoints", "state_dir", "store_root", "web"}
+    known = {"node_name", "etcd_endpoints", "state_dir", "store_root", "web", "storage"}
     for key in data:
         if key not in known:
             problems[key] = "unknown setting"
@@ -66,11 +78,26 @@ def parse(data: dict, default_node_name: str) -> Config:
             web = WebConfig(**web_data)
         except TypeError as exc:
             problems["web"] = str(exc)
+    storage_data = data.get("storage", {})
+    storage = StorageConfig()
+    if not isinstance(storage_data, dict):
+        problems["storage"] = "must be a table"
+    else:
+        try:
+            storage = StorageConfig(**storage_data)
+        except TypeError as exc:
+            problems["storage"] = str(exc)
+        else:
+            if not str(storage.pools_root).startswith("/"):
+                problems["storage.pools_root"] = "must be an absolute path"
+            if not isinstance(storage.smart_interval, (int, float)) or storage.smart_interval < 10:
+                problems["storage.smart_interval"] = "must be at least 10 seconds"
     if problems:
         raise ValidationError(problems, "bad configuration: " + "; ".join(
             f"{k}: {v}" for k, v in sorted(problems.items())))
     return Config(node_name=node_name, etcd_endpoints=tuple(endpoints),
-                  state_dir=Path(data.get("state_dir", "/var/lib/cairn")), store_root=root, web=web)
+                  state_dir=Path(data.get("state_dir", "/var/lib/cairn")), store_root=root, web=web,
+                  storage=storage)
 
 
 def load(path: str | None = None) -> Config:
@@ -94,4 +121,8 @@ def dump(config: Config) -> str:
         f'bind = "{config.web.bind}"\n'
         f"workers = {config.web.workers}\n"
         f"threads = {config.web.threads}\n"
+        "[storage]\n"
+        f'pools_root = "{config.storage.pools_root}"\n'
+        f"smart_interval = {config.storage.smart_interval}\n"
+        f"include_loop = {'true' if config.storage.include_loop else 'false'}\n"
     )

@@ -8,7 +8,6 @@ disks: everything lives in the state directory given.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import socket
 import sys

@@ -68,7 +68,7 @@ class Appliance:
         return seen
 
 
-def boot(base: Path, name: str) -> Appliance:
+def boot(base: Path, name: str, data_disks: list | None = None) -> Appliance:
     manifest_path = newest_manifest()
     assert manifest_path is not None, "no appliance image under build/: `make image` builds one"
     manifest = json.loads(manifest_path.read_text())
@@ -76,8 +76,9 @@ def boot(base: Path, name: str) -> Appliance:
     https_port, ssh_port = free_port(), free_port()
     kernel = image.with_name(manifest["vmlinuz"]) if manifest.get("vmlinuz") else None
     chosen = accel_module.choose("qemu-system-x86_64", kernel, REPO / "build" / "cache", "auto")
+    extra = {"data_disks": data_disks} if data_disks is not None else {}
     spec = MachineSpec(name=name, image=image, run_dir=base / name, mgmt_restrict=True,
-                       forwards=[PortForward(https_port, 443), PortForward(ssh_port, 22)])
+                       forwards=[PortForward(https_port, 443), PortForward(ssh_port, 22)], **extra)
     machine = Machine(spec, chosen, log=lambda message: print(f"[{name}] {message}"))
     machine.prepare(manifest.get("inputs"))
     started = time.monotonic()
@@ -87,6 +88,12 @@ def boot(base: Path, name: str) -> Appliance:
     print(f"[{name}] {chosen.name}: SSH after {seen['ssh']:.0f} s, console after {seen['console']:.0f} s "
           f"({time.monotonic() - started:.0f} s wall)")
     return appliance
+
+
+@pytest.fixture(scope="session")
+def launcher():
+    """boot(base, name, data_disks=None) for test modules that need an appliance of their own."""
+    return boot
 
 
 @pytest.fixture(scope="module")

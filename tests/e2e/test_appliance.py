@@ -64,8 +64,10 @@ def test_agent_reports_the_four_data_disks_by_serial(appliance):
         assert time.monotonic() < deadline, f"disks reported: {sorted(serials)}"
         time.sleep(2)
     disks = {d["serial"]: d for d in nodes[0]["disks"]}
-    assert disks["CAIRN-NVME1"]["transport"] == "nvme"
-    assert (disks["CAIRN-SATA1"]["transport"], disks["CAIRN-SATA1"]["model"]) == ("sata", "CAIRN SATA DISK")
+    assert (disks["CAIRN-NVME1"]["bus"], disks["CAIRN-NVME1"]["media"]) == ("nvme", "nvme")
+    assert (disks["CAIRN-SATA1"]["bus"], disks["CAIRN-SATA1"]["model"]) == ("sata", "CAIRN SATA DISK")
+    assert disks["CAIRN-ROOT"]["usage"]["kind"] == "system"
+    assert {disks[s]["usage"]["kind"] for s in DATA_DISKS} == {"free"}
 
 
 def test_etcd_is_healthy(appliance):

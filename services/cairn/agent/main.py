@@ -3,7 +3,9 @@
 Loops (threads):
   - heartbeat: keeps the node lease alive, refreshes node-alive/<node> and nodes/<node> (inventory);
   - jobs: watches jobs/ and job-aborts/ and runs this node's queued jobs (jobs.executor);
-  - reconcile: runs the reconcile loop every RECONCILE_INTERVAL seconds.
+  - reconcile: runs the reconcile loop every RECONCILE_INTERVAL seconds (pools mounted, ...);
+  - storage: publishes pool status and runs snapshot schedules every STORAGE_INTERVAL seconds;
+  - smart: reads every disk's SMART each storage.smart_interval seconds, events on degradation.
 At start, jobs that were `running` on this node are marked failed: the agent that ran them is gone.
 If the node lease is lost (the store was unreachable longer than its TTL), a new one is granted.
 """
@@ -26,6 +28,8 @@ from cairn.jobs.executor import Executor
 from cairn.jobs.service import JobService
 from cairn.runner import Runner
 from cairn.storage import disks
+from cairn.storage.monitor import PoolMounts, StorageMonitor
+from cairn.storage.pools import pools_by_uuid
 from cairn.system.inventory import read_inventory
 
 log = logging.getLogger("cairn.agent")
@@ -33,6 +37,7 @@ log = logging.getLogger("cairn.agent")
 HEARTBEAT_INTERVAL = 2.0
 DISK_REFRESH_INTERVAL = 30.0
 RECONCILE_INTERVAL = 30.0
+STORAGE_INTERVAL = 30.0
 ORPHAN_REASON = "cairn-agent stopped while the job was running (the job was interrupted)"
 
 
@@ -48,8 +53,10 @@ class Agent:
         self._lease_lock = threading.Lock()
         self._disks: list[dict] = []
         self._disks_at = float("-inf")
-        self.executor = Executor(self.jobs, self.node, self.runner, self.lease)
-        self.reconcile = ReconcileLoop(self.store, self.node)
+        self.executor = Executor(self.jobs, self.node, self.runner, self.lease, config=cfg,
+                                 after_job=self._after_job)
+        self.monitor = StorageMonitor(self.runner, self.store, self.node, cfg.storage)
+        self.reconcile = ReconcileLoop(self.store, self.node, [PoolMounts(self.monitor.storage)])
 
     # --- lease -------------------------------------------------------------------------------
     def lease(self) -> int:
@@ -74,12 +81,18 @@ class Agent:
         """Whole disks by serial, refreshed every DISK_REFRESH_INTERVAL seconds (lsblk is not free)."""
         if time.monotonic() - self._disks_at >= DISK_REFRESH_INTERVAL:
             try:
-                found = disks.parse_lsblk(self.runner.run(disks.LSBLK_ARGV, timeout=20).stdout)
-                self._disks = [d.to_dict() for d in disks.disks(found)]
+                found = disks.scan(self.runner, pools_by_uuid(self.store), self.cfg.storage.include_loop)
+                self._disks = [d.to_dict() for d in found]
                 self._disks_at = time.monotonic()
             except CairnError as exc:
                 log.warning("disk inventory: %s", exc.message)
         return self._disks
+
+    def _after_job(self, job) -> None:
+        """A job may have changed what uses the disks: publish the inventory before the job ends."""
+        if job.kind.startswith(("pool.", "disk.", "raid.")):
+            self._disks_at = float("-inf")
+            self.heartbeat_once()
 
     # --- loops -------------------------------------------------------------------------------
     def _loop(self, name: str, interval: float, step) -> None:
@@ -121,6 +134,10 @@ class Agent:
             threading.Thread(target=self._job_loop, name="jobs", daemon=True),
             threading.Thread(target=self._loop, args=("reconcile", RECONCILE_INTERVAL, self.reconcile.run_once),
                              name="reconcile", daemon=True),
+            threading.Thread(target=self._loop, args=("storage", STORAGE_INTERVAL, self.monitor.observe_pools),
+                             name="storage", daemon=True),
+            threading.Thread(target=self._loop, args=("smart", self.cfg.storage.smart_interval,
+                                                      self.monitor.poll_smart), name="smart", daemon=True),
         ]
         for thread in threads:
             thread.start()

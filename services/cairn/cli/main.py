@@ -6,6 +6,7 @@
     cairnctl job list [--state S] [--node N]
     cairnctl job show ID
     cairnctl job abort ID
+    cairnctl disk|pool|volume|snapshot ...   (storage: see cairn/cli/storage.py)
 
 The login is kept in ~/.config/cairn/cli.json (mode 0600): URL, CA file and bearer token.
 Exit codes: 0 ok, 1 the API refused (message printed), 2 bad usage, 3 cannot reach the server.
@@ -23,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from cairn.cli import storage
+from cairn.cli.output import render_job, show, table
 
 DEFAULT_URL = "https://127.0.0.1:8443"
 
@@ -79,39 +83,6 @@ class Client:
                 message = reply.text[:200] or reply.reason
             raise ApiError(reply.status_code, message)
         return reply.json()
-
-
-# --- output ----------------------------------------------------------------------------------
-def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
-    """Plain text table (pure): columns are (header, key)."""
-    cells = [[h for h, _ in columns]] + [[_cell(row.get(k)) for _, k in columns] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value)) if value > 1e9 else f"{value:.1f}"
-    return str(value)
-
-
-def show(data: Any, as_json: bool, render) -> None:
-    print(json.dumps(data, indent=2) if as_json else render(data))
-
-
-def render_job(job: dict[str, Any]) -> str:
-    lines = [f"{job['id']}  {job['title'] or job['kind']}",
-             f"  node: {job['node']}   state: {job['state']}   progress: {job['progress']}%",
-             f"  now: {job.get('description') or '-'}"]
-    if job.get("error"):
-        lines.append(f"  error: {job['error']}")
-    for line in job.get("log", []):
-        lines.append(f"  | {line['message']}")
-    return "\n".join(lines)
 
 
 JOB_COLUMNS = [("ID", "id"), ("NODE", "node"), ("STATE", "state"), ("PROGRESS", "progress"),
@@ -190,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--samples", type=int, default=20)
     diagnose.add_argument("--wait", action="store_true", help="wait until the job ends")
     diagnose.set_defaults(func=cmd_node_diagnose)
+
+    storage.add_parsers(sub)
 
     job = sub.add_parser("job", help="jobs").add_subparsers(dest="action", required=True)
     job_list = job.add_parser("list", help="list jobs, newest first")

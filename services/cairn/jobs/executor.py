@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from cairn.cluster import events
 from cairn.errors import CairnError, Conflict
@@ -33,8 +33,11 @@ class JobContext:
     """What a job handler gets: its job's params, the runner, the store, and progress reporting."""
 
     def __init__(self, service: JobService, job: Job, runner: Runner,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, config=None,
+                 after_job: Callable[[Job], None] | None = None) -> None:
         self.service = service
+        self.config = config
+        self.after_job = after_job    # runs before the end is recorded (e.g. republish the disk inventory)          # the node's cairn.config.Config (None in bare tests)
         self.store = service.store
         self.runner = runner
         self.clock = clock
@@ -70,8 +73,11 @@ class JobContext:
 
 class Executor:
     def __init__(self, service: JobService, node: str, runner: Runner, lease: Callable[[], int],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, config=None,
+                 after_job: Callable[[Job], None] | None = None) -> None:
         self.service = service
+        self.config = config
+        self.after_job = after_job    # runs before the end is recorded (e.g. republish the disk inventory)
         self.node = node
         self.runner = runner
         self.lease = lease
@@ -122,7 +128,7 @@ class Executor:
         thread.start()
 
     def _run(self, job: Job, kind: registry.JobKind) -> None:
-        ctx = JobContext(self.service, job, self.runner, self.clock)
+        ctx = JobContext(self.service, job, self.runner, self.clock, self.config)
         try:
             result = kind.handler(ctx, job.params) or {}
             event: model.JobEvent = model.Succeed(self.clock(), result)
@@ -133,6 +139,11 @@ class Executor:
         except Exception as exc:  # a bug in a handler must still end the job
             log.exception("job %s crashed", job.id)
             event = model.Fail(self.clock(), f"internal error: {type(exc).__name__}: {exc}")
+        if self.after_job is not None:
+            try:
+                self.after_job(job)
+            except Exception:
+                log.exception("after-job hook failed for job %s", job.id)
         self._finish(ctx, event)
 
     def _finish(self, ctx: JobContext, event: model.JobEvent) -> None:

@@ -75,9 +75,16 @@ class JobService:
         """Advance the job and write it. With expect_revision, only if nobody wrote it since."""
         updated = model.advance(job, event)
         writes: list[Put | Delete] = [Put(JOBS + job.id, updated.to_dict())]
+        compares = [] if expect_revision is None else [unchanged(JOBS + job.id, expect_revision)]
         if updated.state.terminal:
             writes.append(Delete(ABORTS + job.id))   # in the same transaction: no stale request
-        compares = [] if expect_revision is None else [unchanged(JOBS + job.id, expect_revision)]
+            # ... and its locks go in the same transaction as its end: whoever sees the job
+            # ended never finds its locks still held.
+            for name in job.locks:
+                entry = self.store.get_entry(LOCKS + name)
+                if entry is not None and entry.value == {"job": job.id, "node": job.node}:
+                    compares.append(unchanged(LOCKS + name, entry.mod_revision))
+                    writes.append(Delete(LOCKS + name))
         if not self.store.txn(compares, writes):
             raise Conflict(f"job {job.id} was changed by someone else")
         return updated

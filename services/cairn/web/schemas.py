@@ -37,17 +37,30 @@ class HealthOut(Schema):
     version = String(metadata=d("Cairn version of the node that answered"))
 
 
+class DiskUsageOut(Schema):
+    kind = String(metadata=d("What uses the disk: system, pool, md, in-use or free (only free disks can be used)"))
+    detail = String(metadata=d("In words, e.g. 'pool tank' or 'vda2 is mounted at /'"))
+
+
+class PartitionOut(Schema):
+    name = String(metadata=d("Kernel name of the partition"))
+    size = Integer(metadata=d("Size in bytes"))
+    fstype = String(allow_none=True, metadata=d("Filesystem or signature on it"))
+    mountpoints = List(String(metadata=d("Mount point")), metadata=d("Where it is mounted"))
+
+
 class DiskOut(Schema):
-    name = String(metadata=d("Kernel name (changes between boots: identify disks by serial)"))
-    path = String(allow_none=True, metadata=d("Device path, e.g. /dev/nvme0n1"))
-    serial = String(allow_none=True, metadata=d("Serial number: the stable identity of the disk"))
+    id = String(allow_none=True, metadata=d("How Cairn names the disk: its serial (None: no serial, "
+                                            "so Cairn will not use it)"))
+    name = String(metadata=d("Kernel name (changes between boots: identify disks by id)"))
+    path = String(metadata=d("Device path, e.g. /dev/nvme0n1"))
+    serial = String(allow_none=True, metadata=d("Serial number as the disk reports it"))
     model = String(allow_none=True, metadata=d("Model as reported by the disk"))
     size = Integer(metadata=d("Size in bytes"))
-    type = String(metadata=d("Device type as lsblk reports it (disk)"))
-    transport = String(allow_none=True, metadata=d("Bus: sata, nvme, usb...; empty for virtio"))
-    rotational = Boolean(allow_none=True, metadata=d("True for spinning disks"))
-    mountpoint = String(allow_none=True, metadata=d("Where the whole disk is mounted, if it is"))
-    parent = String(allow_none=True, metadata=d("Always empty for whole disks"))
+    bus = String(metadata=d("sata, sas, nvme, virtio, usb, scsi, ..."))
+    media = String(metadata=d("hdd, ssd or nvme"))
+    usage = Nested(DiskUsageOut, metadata=d("What uses the disk"))
+    partitions = List(Nested(PartitionOut), metadata=d("Partitions on the disk"))
 
 
 class NodeOut(Schema):
@@ -130,3 +143,179 @@ class EventListOut(Schema):
 class StreamQuery(Schema):
     since = Integer(validate=Range(0), metadata=d("Send changes made after this store revision "
                                                    "(pages pass the revision they were rendered at)"))
+
+
+# --- storage ----------------------------------------------------------------------------------
+class DiskHealthOut(Schema):
+    verdict = String(metadata=d("good, warning, failing, or unknown (no SMART)"))
+    reasons = List(String(metadata=d("A reason")), metadata=d("Why the verdict is not good"))
+    at = Float(metadata=d("When SMART was last read (Unix time)"))
+    report = Dict(metadata=d("The parsed SMART report: temperature_c, power_on_hours, reallocated_sectors, "
+                             "pending_sectors, media_errors, percentage_used, selftest, ..."))
+
+
+class NodeDiskOut(DiskOut):
+    node = String(metadata=d("The node the disk is in"))
+    health = Nested(DiskHealthOut, allow_none=True, metadata=d("Last SMART reading (None until the first poll)"))
+
+
+class DiskListOut(Schema):
+    disks = List(Nested(NodeDiskOut), metadata=d("Whole disks of every node (or of one node)"))
+
+
+class DiskQuery(Schema):
+    node = String(metadata=d("Only disks of this node"))
+    usage = String(metadata=d("Only disks with this usage, e.g. free"))
+
+
+class SelfTestIn(Schema):
+    type = String(load_default="short", metadata=d("short (minutes) or long (hours)"))
+
+
+class PoolCreateIn(Schema):
+    name = String(required=True, metadata=d("Pool name: 1-32 of a-z, 0-9, '-', '_'; mounted at /pools/<name>"))
+    node = String(required=True, metadata=d("The node whose disks make the pool"))
+    disks = List(String(metadata=d("Disk id (serial)")), load_default=None,
+                 metadata=d("Disks to use, by id; each must be free (or give array)"))
+    array = String(load_default=None, allow_none=True,
+                   metadata=d("Make the pool on this md array instead of on disks (profile single)"))
+    profile = String(load_default=None, allow_none=True, metadata=d("Data profile: single, raid1, raid1c3 or raid10 "
+                                                     "(default raid1; btrfs raid5/6 are refused: use md RAID)"))
+    metadata_profile = String(load_default=None, allow_none=True,
+                              metadata=d("Metadata profile (default: raid1 on 2+ disks, dup on one)"))
+    compression = String(load_default="none", metadata=d("none, zstd, lzo or zlib"))
+
+
+class PoolOut(Schema):
+    name = String(metadata=d("Pool name"))
+    node = String(metadata=d("Node that holds the pool's disks"))
+    data_profile = String(metadata=d("btrfs data profile"))
+    metadata_profile = String(metadata=d("btrfs metadata profile"))
+    compression = String(metadata=d("Compression of new writes"))
+    disks = List(String(metadata=d("Disk id")), metadata=d("Disks of the pool, by id"))
+    array = String(allow_none=True, metadata=d("md array the pool sits on, if any"))
+    uuid = String(allow_none=True, metadata=d("btrfs filesystem UUID"))
+    state = String(metadata=d("creating, online or destroying"))
+    scrub_schedule = String(allow_none=True, metadata=d("None, weekly or monthly"))
+    created_at = Float(metadata=d("When it was created (Unix time)"))
+    status = Dict(allow_none=True, metadata=d("What the node last observed: mounted, health (online, degraded, "
+                                              "errors, unmounted), usage, devices, scrub, balance, volumes"))
+
+
+class PoolListOut(Schema):
+    pools = List(Nested(PoolOut), metadata=d("Every pool of the cluster"))
+
+
+class PoolPatchIn(Schema):
+    scrub_schedule = String(allow_none=True, metadata=d("None, weekly or monthly: scrub the pool that often"))
+
+
+class PoolExpandIn(Schema):
+    disks = List(String(metadata=d("Disk id (serial)")), required=True, metadata=d("Free disks to add"))
+    balance = Boolean(load_default=True, metadata=d("Rebalance afterwards so data spreads over every disk"))
+
+
+class PoolReplaceIn(Schema):
+    old = String(required=True, metadata=d("Disk id to replace, or devid:<n> for a missing device"))
+    new = String(required=True, metadata=d("Free disk id to replace it with"))
+
+
+class ConfirmQuery(Schema):
+    confirm = String(metadata=d("Must repeat the name of what is destroyed"))
+
+
+class ScheduleIn(Schema):
+    every = String(load_default="daily", metadata=d("hourly, daily, weekly, or '<n>m' (n >= 5 minutes)"))
+    keep_last = Integer(load_default=7, metadata=d("Keep this many newest automatic snapshots"))
+    keep_hourly = Integer(load_default=0, metadata=d("Keep the newest of each of this many last hours"))
+    keep_daily = Integer(load_default=7, metadata=d("Keep the newest of each of this many last days"))
+    keep_weekly = Integer(load_default=4, metadata=d("Keep the newest of each of this many last weeks"))
+
+
+class VolumeCreateIn(Schema):
+    name = String(required=True, metadata=d("Volume name: 1-32 of a-z, 0-9, '-', '_'"))
+    quota_bytes = Integer(load_default=None, allow_none=True, metadata=d("Quota in bytes (null: none)"))
+    schedule = Nested(ScheduleIn, load_default=None, allow_none=True,
+                      metadata=d("Snapshot schedule with retention (null: none)"))
+
+
+class VolumePatchIn(Schema):
+    quota_bytes = Integer(allow_none=True, metadata=d("New quota in bytes (null removes it)"))
+    schedule = Nested(ScheduleIn, allow_none=True, metadata=d("New snapshot schedule (null removes it)"))
+
+
+class SnapshotOut(Schema):
+    name = String(metadata=d("Snapshot name"))
+    created_at = Float(metadata=d("When it was taken (Unix time)"))
+    auto = Boolean(metadata=d("Taken by the schedule (pruned by its retention)"))
+    referenced = Integer(allow_none=True, metadata=d("Bytes the snapshot refers to"))
+    exclusive = Integer(allow_none=True, metadata=d("Bytes only it holds: what deleting it frees"))
+
+
+class VolumeOut(Schema):
+    pool = String(metadata=d("Pool of the volume"))
+    name = String(metadata=d("Volume name"))
+    path = String(metadata=d("Where it is on the pool's node"))
+    quota_bytes = Integer(allow_none=True, metadata=d("Quota in bytes, if any"))
+    schedule = Dict(allow_none=True, metadata=d("Snapshot schedule, if any"))
+    created_at = Float(metadata=d("When it was created (Unix time)"))
+    referenced = Integer(allow_none=True, metadata=d("Bytes the volume refers to (shared with snapshots too)"))
+    exclusive = Integer(allow_none=True, metadata=d("Bytes only the volume holds (not shared with snapshots)"))
+    snapshots = List(Nested(SnapshotOut), metadata=d("Its snapshots, oldest first"))
+
+
+class VolumeListOut(Schema):
+    volumes = List(Nested(VolumeOut), metadata=d("Volumes of the pool"))
+
+
+class VolumePatchOut(Schema):
+    volume = Nested(VolumeOut, metadata=d("The volume after the change (quota changes apply when the job ends)"))
+    job = Dict(allow_none=True, metadata=d("The job that changes the quota, if the quota changed"))
+
+
+class SnapshotListOut(Schema):
+    snapshots = List(Nested(SnapshotOut), metadata=d("Snapshots of the volume, oldest first"))
+
+
+class SnapshotCreateIn(Schema):
+    name = String(load_default=None, allow_none=True,
+                  metadata=d("Name (default: manual-<UTC time>); letters, digits, '.', '-', '_'"))
+
+
+class RollbackIn(Schema):
+    confirm = String(required=True, metadata=d("Must repeat the volume name: its current content is discarded"))
+
+
+class CloneIn(Schema):
+    name = String(required=True, metadata=d("Name of the new volume"))
+
+
+class ArrayCreateIn(Schema):
+    name = String(required=True, metadata=d("Array name: 1-32 of a-z, 0-9, '-', '_'; device /dev/md/<name>"))
+    node = String(required=True, metadata=d("The node whose disks make the array"))
+    level = String(required=True, metadata=d("raid0, raid1, raid5, raid6 or raid10"))
+    disks = List(String(metadata=d("Disk id (serial)")), required=True, metadata=d("Free disks to use"))
+
+
+class ArrayOut(Schema):
+    name = String(metadata=d("Array name"))
+    node = String(metadata=d("Node that holds the array's disks"))
+    level = String(metadata=d("RAID level"))
+    disks = List(String(metadata=d("Disk id")), metadata=d("Member disks by id"))
+    uuid = String(allow_none=True, metadata=d("md UUID"))
+    created_at = Float(metadata=d("When it was created (Unix time)"))
+    status = Dict(allow_none=True, metadata=d("Last observation: health (clean, degraded, rebuilding, resyncing, "
+                                              "reshaping, failed, missing), state, sync_percent, members"))
+
+
+class ArrayListOut(Schema):
+    arrays = List(Nested(ArrayOut), metadata=d("md RAID arrays of the cluster"))
+
+
+class ArrayDiskIn(Schema):
+    disk = String(required=True, metadata=d("Disk id (serial)"))
+
+
+class ArrayReplaceIn(Schema):
+    old = String(required=True, metadata=d("Member disk id to replace (failed, missing or healthy)"))
+    new = String(required=True, metadata=d("Free disk id to rebuild onto"))
