@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cairn.cluster import events
 from cairn.cluster.store import Store
 from cairn.errors import CairnError, Conflict, ExecutionError, NotFound, PreconditionFailed
 from cairn.storage import disks, raid
@@ -52,6 +53,17 @@ def list_arrays(store: Store) -> list[Array]:
     return [Array.from_dict(e.value) for e in store.list(ARRAYS)]
 
 
+def locate(array: Array) -> str | None:
+    """The array's device now, found by its UUID (udev's md-uuid link): the name an array is
+    assembled under at boot can differ from /dev/md/<name>. None when it is not assembled."""
+    if array.uuid:
+        link = f"/dev/disk/by-id/md-uuid-{array.uuid}"
+        if os.path.exists(link):
+            return os.path.realpath(link)
+    named = raid.device(array.name)
+    return os.path.realpath(named) if os.path.exists(named) else None
+
+
 def write_if_changed(path: str, text: str) -> bool:
     """Atomic write, only when the content differs. Returns whether it wrote."""
     target = Path(path)
@@ -78,15 +90,29 @@ class Arrays:
             raise PreconditionFailed(f"array {name} lives on node {array.node}, not {self.node}")
         return array
 
+    def path(self, name: str) -> str:
+        found = locate(get_array(self.store, name))
+        if found is None:
+            raise PreconditionFailed(f"array {name} is not assembled on {self.node} (are its disks there?)")
+        return found
+
     def detail(self, name: str) -> raid.ArrayDetail:
-        return raid.parse_detail(self.runner.run(raid.detail_argv(name), timeout=30).stdout)
+        return raid.parse_detail(self.runner.run(raid.detail_argv(self.path(name)), timeout=30).stdout)
 
     def write_conf(self) -> bool:
         mine = [(a.name, a.uuid) for a in list_arrays(self.store) if a.node == self.node and a.uuid]
         return write_if_changed(self.conf_path, raid.mdadm_conf(mine))
 
     def publish(self, name: str) -> dict[str, Any]:
-        status = {**self.detail(name).to_dict(), "observed_at": time.time(), "node": self.node}
+        """Observe the array, raise an event for each change for the worse (or recovery) since the
+        last observation, and store the new one. Jobs and the agent's monitor both come here, so
+        an event is raised exactly once whoever noticed first."""
+        old = self.store.get(ARRAY_STATUS + name)
+        detail = self.detail(name)
+        status = {**detail.to_dict(), "observed_at": time.time(), "node": self.node}
+        for severity, message in raid.changes(old, detail):
+            events.emit(self.store, severity=severity, node=self.node, source=f"array:{name}",
+                        message=f"{message} (node {self.node})")
         self.store.put(ARRAY_STATUS + name, status)
         return status
 
@@ -125,7 +151,7 @@ class Arrays:
         path = self.member_path(array, disk_id)
         if path is None:
             raise PreconditionFailed(f"disk {disk_id} is not present on {self.node}")
-        self.runner.run(raid.fail_argv(name, path), timeout=60)
+        self.runner.run(raid.fail_argv(self.path(name), path), timeout=60)
         return self.publish(name)
 
     def wait_sync(self, name: str, ctx, start: int, what: str, interval: float = 2.0) -> raid.ArrayDetail:
@@ -156,14 +182,14 @@ class Arrays:
                        == os.path.realpath(old_path)), None)
         if member is not None and member.active and not detail.degraded:
             # Hot replace: the array keeps full redundancy while the new disk is filled.
-            self.runner.run(raid.add_argv(name, target.path), timeout=60)
-            self.runner.run(raid.replace_argv(name, old_path, target.path), timeout=60)
+            self.runner.run(raid.add_argv(self.path(name), target.path), timeout=60)
+            self.runner.run(raid.replace_argv(self.path(name), old_path, target.path), timeout=60)
         else:
             if member is not None:       # faulty (or active in a degraded array): take it out first
                 if not member.faulty:
-                    self.runner.run(raid.fail_argv(name, old_path), timeout=60)
-                self.runner.run(raid.remove_argv(name, old_path), timeout=60)
-            self.runner.run(raid.add_argv(name, target.path), timeout=60)
+                    self.runner.run(raid.fail_argv(self.path(name), old_path), timeout=60)
+                self.runner.run(raid.remove_argv(self.path(name), old_path), timeout=60)
+            self.runner.run(raid.add_argv(self.path(name), target.path), timeout=60)
         if ctx is not None:
             ctx.progress(5, f"rebuilding onto {target.id}")
         time.sleep(1)
@@ -171,7 +197,7 @@ class Arrays:
         detail = self.detail(name)
         for leftover in detail.members:
             if leftover.faulty and leftover.path:
-                self.runner.run(raid.remove_argv(name, leftover.path), timeout=60, check=False)
+                self.runner.run(raid.remove_argv(self.path(name), leftover.path), timeout=60, check=False)
         if old_path:
             self.runner.run(raid.zero_argv(old_path), timeout=60, check=False)
         array = Array(**{**array.to_dict(), "disks": tuple([d for d in array.disks if d != old] + [target.id])})
@@ -188,8 +214,8 @@ class Arrays:
         detail = self.detail(name)
         if detail.degraded or detail.sync_action:
             raise PreconditionFailed(f"array {name} is {detail.state}: grow it once it is clean")
-        self.runner.run(raid.add_argv(name, target.path), timeout=60)
-        self.runner.run(raid.grow_argv(name, detail.raid_devices + 1), timeout=120)
+        self.runner.run(raid.add_argv(self.path(name), target.path), timeout=60)
+        self.runner.run(raid.grow_argv(self.path(name), detail.raid_devices + 1), timeout=120)
         time.sleep(1)
         self.wait_sync(name, ctx, 5, f"reshaping onto {target.id}")
         array = Array(**{**array.to_dict(), "disks": tuple([*array.disks, target.id])})
@@ -206,7 +232,7 @@ class Arrays:
         if users:
             raise PreconditionFailed(f"array {name} holds pool {', '.join(users)}: destroy the pool first")
         members = [self.member_path(array, d) for d in array.disks]
-        self.runner.run(raid.stop_argv(name), timeout=60)
+        self.runner.run(raid.stop_argv(self.path(name)), timeout=60)
         for path in members:
             if path:
                 self.runner.run(raid.zero_argv(path), timeout=60, check=False)

@@ -14,7 +14,6 @@ All three write only keys this node's agent owns.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -23,7 +22,7 @@ from cairn.config import StorageConfig
 from cairn.errors import CairnError
 from cairn.jobs.service import JobService
 from cairn.storage import disks, model, raid, smart
-from cairn.storage.arrays import ARRAY_STATUS, Arrays, list_arrays
+from cairn.storage.arrays import ARRAY_STATUS, Arrays, list_arrays, locate
 from cairn.storage.pools import Storage, list_pools, pools_by_uuid
 
 log = logging.getLogger(__name__)
@@ -61,18 +60,18 @@ class StorageMonitor:
         self.clock = clock
 
     def observe_arrays(self) -> list[tuple[str, str]]:
-        """Returns the (severity, message) events raised this pass."""
+        """Returns (array, new health) for each array whose health changed this pass."""
         mine = [a for a in list_arrays(self.store) if a.node == self.node]
         if not mine:
             return []
         handler = Arrays(self.storage)
         handler.write_conf()
-        if any(not os.path.exists(raid.device(a.name)) for a in mine):
+        if any(locate(a) is None for a in mine):
             self.runner.run(raid.assemble_scan_argv(), timeout=120, check=False)
         raised = []
         for array in mine:
             old = self.store.get(ARRAY_STATUS + array.name)
-            if not os.path.exists(raid.device(array.name)):
+            if locate(array) is None:
                 if (old or {}).get("health") != "missing":
                     message = f"array {array.name} on {self.node} is not assembled (its disks are missing?)"
                     events.emit(self.store, severity="critical", node=self.node, source=f"array:{array.name}",
@@ -81,13 +80,9 @@ class StorageMonitor:
                 self.store.put(ARRAY_STATUS + array.name, {"health": "missing", "state": "not assembled",
                                                            "node": self.node, "observed_at": self.clock()})
                 continue
-            detail = handler.detail(array.name)
-            for severity, message in raid.changes(old, detail):
-                events.emit(self.store, severity=severity, node=self.node, source=f"array:{array.name}",
-                            message=f"{message} (node {self.node})", clock=self.clock)
-                raised.append((severity, message))
-            self.store.put(ARRAY_STATUS + array.name, {**detail.to_dict(), "node": self.node,
-                                                       "observed_at": self.clock()})
+            status = handler.publish(array.name)
+            if status["health"] != (old or {}).get("health"):
+                raised.append((array.name, status["health"]))
         return raised
 
     def observe_pools(self) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from cairn.cluster.store import Store
 from cairn.config import StorageConfig
 from cairn.errors import CairnError, Conflict, ExecutionError, NotFound, PreconditionFailed
-from cairn.storage import btrfs, disks, model, raid
+from cairn.storage import btrfs, disks, model
 
 POOLS = "pools/"
 POOL_STATUS = "pool-status/"
@@ -114,14 +114,16 @@ class Storage:
     # --- pools ------------------------------------------------------------------------------
     def array_device(self, name: str) -> tuple[str, tuple[str, ...]]:
         """(device path, member disk ids) of an md array of this node that no pool uses yet."""
-        from cairn.storage.arrays import get_array
+        from cairn.storage.arrays import get_array, locate
         array = get_array(self.store, name)
         if array.node != self.node:
             raise PreconditionFailed(f"array {name} lives on node {array.node}, not {self.node}")
         users = [p.name for p in list_pools(self.store) if p.array == name]
         if users:
             raise PreconditionFailed(f"array {name} already holds pool {users[0]}")
-        path = os.path.realpath(raid.device(name))
+        path = locate(array)
+        if path is None:
+            raise PreconditionFailed(f"array {name} is not assembled on {self.node}")
         probed = disks.parse_blkid_export(self.runner.run(disks.BLKID_ARGV, timeout=20, check=False).stdout)
         if probed.get(path, {}).get("TYPE"):
             raise PreconditionFailed(f"array {name} ({path}) holds a {probed[path]['TYPE']} signature: not free")
@@ -192,7 +194,9 @@ class Storage:
     def destroy_pool(self, name: str, progress=lambda pct, text: None) -> None:
         pool = self.owned_pool(name)
         if pool.array:        # wipe the array's btrfs, never its members' md superblocks
-            devices = [os.path.realpath(raid.device(pool.array))]
+            from cairn.storage.arrays import get_array, locate
+            found_path = locate(get_array(self.store, pool.array))
+            devices = [found_path] if found_path else []
         else:
             found = {d.id: d for d in self.inventory()}
             devices = [found[d].path for d in pool.disks if d in found]

@@ -28,6 +28,11 @@ def device(name: str) -> str:
     return f"/dev/md/{name}"
 
 
+def _dev(array: str) -> str:
+    """Builders take the array's device path, or its name (→ /dev/md/<name>)."""
+    return array if array.startswith("/") else device(array)
+
+
 # --- argv builders (pure) --------------------------------------------------------------------
 def create_argv(name: str, level: str, members: list[str]) -> list[str]:
     if level not in LEVELS:
@@ -37,31 +42,31 @@ def create_argv(name: str, level: str, members: list[str]) -> list[str]:
 
 
 def detail_argv(name: str) -> list[str]:
-    return ["mdadm", "--detail", device(name)]
+    return ["mdadm", "--detail", _dev(name)]
 
 
 def fail_argv(name: str, member: str) -> list[str]:
-    return ["mdadm", device(name), "--fail", member]
+    return ["mdadm", _dev(name), "--fail", member]
 
 
 def remove_argv(name: str, member: str) -> list[str]:
-    return ["mdadm", device(name), "--remove", member]
+    return ["mdadm", _dev(name), "--remove", member]
 
 
 def add_argv(name: str, member: str) -> list[str]:
-    return ["mdadm", device(name), "--add", member]
+    return ["mdadm", _dev(name), "--add", member]
 
 
 def replace_argv(name: str, old: str, new: str) -> list[str]:
-    return ["mdadm", device(name), "--replace", old, "--with", new]
+    return ["mdadm", _dev(name), "--replace", old, "--with", new]
 
 
 def grow_argv(name: str, raid_devices: int) -> list[str]:
-    return ["mdadm", "--grow", device(name), f"--raid-devices={raid_devices}"]
+    return ["mdadm", "--grow", _dev(name), f"--raid-devices={raid_devices}"]
 
 
 def stop_argv(name: str) -> list[str]:
-    return ["mdadm", "--stop", device(name)]
+    return ["mdadm", "--stop", _dev(name)]
 
 
 def zero_argv(member: str) -> list[str]:
