@@ -27,6 +27,7 @@ dev: deps
 
 bench: deps
 	$(PY) tests/bench/bench_api.py
+	$(PY) tests/bench/bench_storage.py
 
 deps: $(STAMPS)/apt $(STAMPS)/venv
 

@@ -11,7 +11,7 @@ import pytest
 from cairn_testbed.machine import DataDisk
 from support import ARTIFACTS, wait_until
 
-SMALL = [f"CAIRN-SM{i}" for i in range(1, 7)]
+SMALL = [f"CAIRN-SM{i}" for i in range(1, 8)]
 DISKS = [DataDisk("virtio", "CAIRN-VD1"), DataDisk("virtio", "CAIRN-VD2"), DataDisk("nvme", "CAIRN-NVME1"),
          DataDisk("sata", "CAIRN-SATA1", model="CAIRN SATA DISK")] + [DataDisk("virtio", s, size_mib=128) for s in SMALL]
 
@@ -135,3 +135,31 @@ def test_raid5_pool_survives_a_reboot(nas):
     assert pool["status"]["mounted"] is True
     assert array_status(nas, "parity")["health"] in ("clean", "resyncing")
     assert "ARRAY /dev/md/parity" in appliance.succeed("cat /etc/mdadm/mdadm.conf")
+
+
+def test_raid5_grows_by_an_active_member_and_its_pool_with_it(nas):
+    appliance, _, node = nas
+    before = api(nas, "GET", "/pools/vault").json()["status"]["usage"]["device_size"]
+    progress: list[int] = []
+    succeeded(job_ends(nas, api(nas, "POST", "/arrays/parity/grow", json={"disk": SMALL[6]}), timeout=900,
+                       seen=progress))
+    status = array_status(nas, "parity")
+    assert (status["raid_devices"], status["active_devices"], status["spare_devices"]) == (4, 4, 0), \
+        "the new disk is an active member, not a spare"
+    assert api(nas, "GET", "/arrays/parity").json()["disks"] == SMALL[3:7]
+    after = wait_until(lambda: (u := api(nas, "GET", "/pools/vault").json()["status"]["usage"]["device_size"]) > before
+                       and u, 120, "the pool to see the bigger array")
+    print(f"RAID5 grown from 3 to 4 disks: pool {before >> 20} MiB -> {after >> 20} MiB")
+    assert appliance.succeed("cat /pools/vault/docs/proof.txt").strip() == "kept"
+
+
+def test_deleting_an_array_frees_its_disks(nas):
+    _, _, node = nas
+    held = api(nas, "DELETE", "/arrays/parity", params={"confirm": "parity"})
+    assert held.status_code == 409 and "holds pool vault" in held.json()["error"]["message"]
+    unconfirmed = api(nas, "DELETE", "/arrays/mirror")
+    assert unconfirmed.status_code == 400 and "confirm='mirror'" in unconfirmed.json()["error"]["message"]
+    succeeded(job_ends(nas, api(nas, "DELETE", "/arrays/mirror", params={"confirm": "mirror"})))
+    disks = {d["id"]: d for d in api(nas, "GET", "/disks", params={"node": node}).json()["disks"]}
+    assert {disks[SMALL[0]]["usage"]["kind"], disks[SMALL[2]]["usage"]["kind"]} == {"free"}
+    assert "mirror" not in [a["name"] for a in api(nas, "GET", "/arrays").json()["arrays"]]

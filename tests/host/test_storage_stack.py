@@ -5,8 +5,10 @@ scrub, volumes with quotas, snapshots, rollback, clone, schedules, remount and d
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,19 @@ def run_job(session, stack, method, path, timeout=120, **kwargs) -> dict:
 def ok(job: dict) -> dict:
     assert job["state"] == "success", f"{job['title']}: {job['state']}: {job.get('error')}"
     return job
+
+
+def write_error(path: Path, size: int) -> int | None:
+    """Write size random bytes to path and fsync; the errno it failed with, or None."""
+    try:
+        with open(path, "wb") as fh:
+            for _ in range(size // MiB):
+                fh.write(os.urandom(MiB))
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as error:
+        return error.errno
+    return None
 
 
 def disks_of(session, stack) -> dict[str, dict]:
@@ -161,13 +176,7 @@ def test_volume_quota_snapshot_rollback_and_clone(api):
     volume = Path(call(session, stack, "GET", "/pools/tank/volumes/media").json()["path"])
     (volume / "a.bin").write_bytes(os.urandom(40 * MiB))
     os.sync()
-    with pytest.raises(OSError) as over:
-        with open(volume / "b.bin", "wb") as fh:
-            for _ in range(40):
-                fh.write(os.urandom(MiB))
-            fh.flush()
-            os.fsync(fh.fileno())
-    assert over.value.errno == errno.EDQUOT
+    assert write_error(volume / "b.bin", 40 * MiB) == errno.EDQUOT
     (volume / "b.bin").unlink()
     (volume / "note.txt").write_text("version 1\n")
     ok(run_job(session, stack, "POST", "/pools/tank/volumes/media/snapshots", json={"name": "v1"}))
@@ -184,13 +193,7 @@ def test_volume_quota_snapshot_rollback_and_clone(api):
     assert reply.status_code == 400 and "confirm" in reply.json()["error"]["fields"]
     ok(run_job(session, stack, "POST", "/pools/tank/volumes/media/snapshots/v1/rollback", json={"confirm": "media"}))
     assert (volume / "note.txt").read_text() == "version 1\n" and (volume / "a.bin").stat().st_size == 40 * MiB
-    with pytest.raises(OSError) as again:     # the quota came back with the new subvolume
-        with open(volume / "c.bin", "wb") as fh:
-            for _ in range(40):
-                fh.write(os.urandom(MiB))
-            fh.flush()
-            os.fsync(fh.fileno())
-    assert again.value.errno == errno.EDQUOT
+    assert write_error(volume / "c.bin", 40 * MiB) == errno.EDQUOT, "the quota came back with the new subvolume"
     (volume / "c.bin").unlink()
     job = ok(run_job(session, stack, "POST", "/pools/tank/volumes/media/snapshots/v2/clone", json={"name": "media-v2"}))
     clone = Path(job["result"]["path"])
@@ -243,22 +246,55 @@ def test_expand_then_replace_then_scrub(api):
     assert job["result"]["corrected_errors"] == 0 and job["result"]["uncorrectable_errors"] == 0
 
 
-def test_scheduled_scrub_is_submitted_once_per_period(api):
+def test_scheduled_scrub_and_balance_are_submitted_once_per_period(api):
     stack, loops, session = api
     assert call(session, stack, "PATCH", "/pools/tank", json={"scrub_schedule": "daily"}).status_code == 400
-    reply = call(session, stack, "PATCH", "/pools/tank", json={"scrub_schedule": "weekly"})
+    reply = call(session, stack, "PATCH", "/pools/tank", json={"scrub_schedule": "weekly", "balance_schedule": "monthly"})
     assert reply.status_code == 200 and reply.json()["scrub_schedule"] == "weekly"
     monitor = StorageMonitor(Runner(), stack.store(), stack.node, stack.cfg.storage)
     now = 1_800_000_000.0
-    (job_id,) = monitor.schedule_scrubs(now)
-    assert monitor.schedule_scrubs(now + 6 * 86400) == [], "not again within the week"
+    (job_id, balance_id) = monitor.schedule_maintenance(now)
+    assert monitor.schedule_maintenance(now + 6 * 86400) == [], "not again within the week"
+    balance = wait_until(lambda: (j := call(session, stack, "GET", f"/jobs/{balance_id}").json())["state"]
+                         not in ("queued", "running") and j, 120, "the scheduled balance to end")
+    assert ok(balance)["kind"] == "pool.balance"
     job = wait_until(lambda: (j := call(session, stack, "GET", f"/jobs/{job_id}").json())["state"]
                      not in ("queued", "running") and j, 120, "the scheduled scrub to end")
     assert ok(job)["kind"] == "pool.scrub"
-    (again,) = monitor.schedule_scrubs(now + 7 * 86400)
-    call(session, stack, "PATCH", "/pools/tank", json={"scrub_schedule": None})
+    (again,) = monitor.schedule_maintenance(now + 7 * 86400)      # the scrub again; the balance is monthly
+    call(session, stack, "PATCH", "/pools/tank", json={"scrub_schedule": None, "balance_schedule": None})
     wait_until(lambda: call(session, stack, "GET", f"/jobs/{again}").json()["state"] not in ("queued", "running"),
                120, "the second scheduled scrub to end")
+
+
+def test_cairnctl_storage_commands(api, tmp_path):
+    stack, loops, session = api
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+
+    def ctl(*args, check=True, input=None):
+        return Runner().run([sys.executable, "-m", "cairn.cli.main", *args], env=env, check=check,
+                            input=input, timeout=300)
+
+    ctl("--url", stack.url, "--ca", stack.ca, "login", "--password-stdin", input=stack.password + "\n")
+    shown = ctl("pool", "show", "tank").stdout
+    assert shown.startswith("pool tank on node-a: online") and "data raid1" in shown
+    created = ctl("--json", "volume", "create", "tank", "photos", "--quota", "200M", "--every", "daily",
+                  "--keep-last", "3", "--wait")
+    assert json.loads(created.stdout)["state"] == "success"
+    rows = ctl("volume", "list", "tank").stdout.splitlines()
+    assert rows[0].split()[:3] == ["NAME", "QUOTA", "REFERENCED"]
+    photos = next(r for r in rows if r.startswith("photos"))
+    assert "200.0 MiB" in photos and "daily" in photos
+    assert json.loads(ctl("--json", "snapshot", "create", "tank", "photos", "--name", "one", "--wait").stdout)["state"] \
+        == "success"
+    assert [s["name"] for s in json.loads(ctl("--json", "snapshot", "list", "tank", "photos").stdout)] == ["one"]
+    free = [d for d in loops.ids() if d not in call(session, stack, "GET", "/pools/tank").json()["disks"]]
+    refused = ctl("pool", "create", "solo", "--node", stack.node, "--disk", free[0], "--profile", "raid1",
+                  check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == "error (400): disks: profile raid1 needs at least 2 disks, 1 given"
+    listed = ctl("disk", "list", "--node", stack.node, "--free").stdout
+    assert free[0] in listed and "loop" in listed
 
 
 def test_pool_is_mounted_again_when_the_agent_starts(api):

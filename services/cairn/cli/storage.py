@@ -9,7 +9,7 @@
     cairnctl pool add-disk NAME ID [ID ...] [--no-balance] [--wait]
     cairnctl pool replace NAME OLD NEW [--wait]
     cairnctl pool scrub|balance NAME [--wait]
-    cairnctl pool set NAME --scrub-schedule weekly|monthly|none
+    cairnctl pool set NAME [--scrub-schedule weekly|monthly|none] [--balance-schedule ...]
     cairnctl pool destroy NAME --confirm NAME [--wait]
     cairnctl pool create NAME --node N --array ARRAY [--wait]          (a pool on an md array)
     cairnctl raid list | show NAME
@@ -216,8 +216,12 @@ def cmd_pool_action(client, args) -> int:
 
 
 def cmd_pool_set(client, args) -> int:
-    schedule = None if args.scrub_schedule == "none" else args.scrub_schedule
-    show(client.call("PATCH", f"/pools/{args.name}", {"scrub_schedule": schedule}), args.json, render_pool)
+    body = {f"{kind}_schedule": None if value == "none" else value
+            for kind, value in (("scrub", args.scrub_schedule), ("balance", args.balance_schedule)) if value}
+    if not body:
+        print("nothing to change: give --scrub-schedule and/or --balance-schedule")
+        return 2
+    show(client.call("PATCH", f"/pools/{args.name}", body), args.json, render_pool)
     return 0
 
 
@@ -418,7 +422,8 @@ def add_parsers(sub) -> None:
         command.set_defaults(func=cmd_pool_action)
     pool_set = pool.add_parser("set", help="change pool settings")
     pool_set.add_argument("name")
-    pool_set.add_argument("--scrub-schedule", choices=("weekly", "monthly", "none"), required=True)
+    pool_set.add_argument("--scrub-schedule", choices=("weekly", "monthly", "none"))
+    pool_set.add_argument("--balance-schedule", choices=("weekly", "monthly", "none"))
     pool_set.set_defaults(func=cmd_pool_set)
     destroy = waiting(pool.add_parser("destroy", help="destroy a pool and everything on it"))
     destroy.add_argument("name")

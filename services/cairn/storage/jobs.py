@@ -183,14 +183,20 @@ def expand_pool(ctx, params: dict[str, Any]) -> dict[str, Any]:
     return {"pool": pool.name, "disks": list(pool.disks)}
 
 
-def check_pool_replace(params: dict[str, Any]) -> dict[str, Any]:
-    problems: dict[str, str] = {}
-    _only(params, {"pool", "old", "new"}, problems)
-    values = {key: _string(params, key, problems) for key in ("pool", "old", "new")}
-    if values["old"] and values["old"] == values["new"]:
-        problems["new"] = "must be a different disk from old"
-    model.raise_problems(problems)
-    return values
+def check_replace(container: str):
+    """Params check of a disk replacement in a pool or an array: {container, old, new}."""
+    def check(params: dict[str, Any]) -> dict[str, Any]:
+        problems: dict[str, str] = {}
+        _only(params, {container, "old", "new"}, problems)
+        values = {key: _string(params, key, problems) for key in (container, "old", "new")}
+        if values["old"] and values["old"] == values["new"]:
+            problems["new"] = "must be a different disk from old"
+        model.raise_problems(problems)
+        return values
+    return check
+
+
+check_pool_replace = check_replace("pool")
 
 
 @job_kind("pool.replace", title="Replace {old} by {new} in pool {pool}", check_params=check_pool_replace,
@@ -400,14 +406,7 @@ def fail_member(ctx, params: dict[str, Any]) -> dict[str, Any]:
     return {"array": params["array"], "state": status["state"], "health": status["health"]}
 
 
-def check_raid_replace(params: dict[str, Any]) -> dict[str, Any]:
-    problems: dict[str, str] = {}
-    _only(params, {"array", "old", "new"}, problems)
-    values = {key: _string(params, key, problems) for key in ("array", "old", "new")}
-    if values["old"] and values["old"] == values["new"]:
-        problems["new"] = "must be a different disk from old"
-    model.raise_problems(problems)
-    return values
+check_raid_replace = check_replace("array")
 
 
 @job_kind("raid.replace", title="Replace {old} by {new} in array {array}", check_params=check_raid_replace,

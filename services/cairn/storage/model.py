@@ -59,6 +59,7 @@ class Pool:
     uuid: str | None = None                # btrfs filesystem UUID, once made
     state: str = "creating"                # creating, online, destroying
     scrub_schedule: str | None = None      # None, "weekly", "monthly"
+    balance_schedule: str | None = None    # None, "weekly", "monthly"
     created_at: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -297,8 +298,11 @@ def plan_schedule(schedule: Schedule, snapshot_names: list[str], now: float) -> 
 SCRUB_PERIODS = {"weekly": 7 * 86400.0, "monthly": 30 * 86400.0}
 
 
+MAINTENANCE = ("scrub", "balance")       # what a pool can have on a schedule
+
+
 def scrub_due(schedule: str | None, last_started: float | None, now: float) -> bool:
-    """A scheduled scrub is due when none was started by the schedule within its period."""
+    """A scheduled scrub (or balance) is due when none was started by the schedule within its period."""
     period = SCRUB_PERIODS.get(schedule or "")
     if period is None:
         return False

@@ -2,8 +2,8 @@
 
 - PoolMounts (a reconciler): every online pool of this node is mounted at its path — after a
   reboot, or if someone unmounted it. Desired (pure over the store) → diff (pure) → mount.
-- observe_pools: runs snapshot schedules, submits scheduled scrubs (pool-scrub/<pool> remembers
-  when), and publishes pool-status/<pool> for this node's pools.
+- observe_pools: runs snapshot schedules, submits scheduled scrubs and balances
+  (pool-maintenance/<pool> remembers when), and publishes pool-status/<pool> for this node's pools.
 - observe_arrays: this node's md arrays assembled (mdadm --assemble --scan if one is missing),
   mdadm.conf up to date, array-status/<name> published, events when one degrades or a disk fails.
 - poll_smart: reads SMART from every disk, keeps the last report in disk-health/<node>/<disk>, and
@@ -27,7 +27,7 @@ from cairn.storage.pools import Storage, list_pools, pools_by_uuid
 
 log = logging.getLogger(__name__)
 HEALTH = "disk-health/"
-SCRUBS = "pool-scrub/"
+MAINTENANCE = "pool-maintenance/"
 
 
 class PoolMounts:
@@ -92,7 +92,7 @@ class StorageMonitor:
             log.warning("arrays: %s", exc.message)
         for did in self.storage.run_schedules():
             log.info("schedule: %s", did)
-        self.schedule_scrubs()
+        self.schedule_maintenance()
         for pool in list_pools(self.store):
             if pool.node != self.node or pool.state != "online":
                 continue
@@ -101,19 +101,22 @@ class StorageMonitor:
             except CairnError as exc:
                 log.warning("status of pool %s: %s", pool.name, exc.message)
 
-    def schedule_scrubs(self, now: float | None = None) -> list[str]:
-        """Submit a pool.scrub job for each of this node's pools whose scrub schedule is due."""
+    def schedule_maintenance(self, now: float | None = None) -> list[str]:
+        """Submit pool.scrub / pool.balance jobs for this node's pools whose schedule is due."""
         now = self.clock() if now is None else now
         submitted = []
         for pool in list_pools(self.store):
             if pool.node != self.node or pool.state != "online":
                 continue
-            last = (self.store.get(SCRUBS + pool.name) or {}).get("last_started")
-            if model.scrub_due(pool.scrub_schedule, last, now):
-                job = JobService(self.store).submit("pool.scrub", self.node, {"pool": pool.name})
-                self.store.put(SCRUBS + pool.name, {"last_started": now, "job": job.id})
-                submitted.append(job.id)
-                log.info("scheduled scrub of pool %s: job %s", pool.name, job.id)
+            record = self.store.get(MAINTENANCE + pool.name) or {}
+            for kind in model.MAINTENANCE:
+                last = (record.get(kind) or {}).get("last_started")
+                if model.scrub_due(getattr(pool, f"{kind}_schedule"), last, now):
+                    job = JobService(self.store).submit(f"pool.{kind}", self.node, {"pool": pool.name})
+                    record[kind] = {"last_started": now, "job": job.id}
+                    self.store.put(MAINTENANCE + pool.name, record)
+                    submitted.append(job.id)
+                    log.info("scheduled %s of pool %s: job %s", kind, pool.name, job.id)
         return submitted
 
     def disks(self) -> list[disks.Disk]:

@@ -106,13 +106,19 @@ class StorageService:
             self.check_disks_free(node, params["disks"])
         return self.submit("pool.create", node["name"], params)
 
-    def set_scrub_schedule(self, name: str, schedule: str | None) -> dict[str, Any]:
+    def set_schedules(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """changes: scrub_schedule and/or balance_schedule, each null, weekly or monthly."""
         entry = self.store.get_entry(POOLS + name)
         if entry is None:
             raise NotFound(f"no pool named {name!r}", pool=name)
-        if schedule not in (None, "weekly", "monthly"):
-            raise ValidationError({"scrub_schedule": "must be null, weekly or monthly"})
-        pool = model.Pool.from_dict({**entry.value, "scrub_schedule": schedule})
+        problems = {}
+        for key, value in changes.items():
+            if key not in ("scrub_schedule", "balance_schedule"):
+                problems[key] = "unknown setting"
+            elif value not in (None, "weekly", "monthly"):
+                problems[key] = "must be null, weekly or monthly"
+        model.raise_problems(problems)
+        pool = model.Pool.from_dict({**entry.value, **changes})
         if not self.store.cas(POOLS + name, pool.to_dict(), entry.mod_revision):
             raise Conflict(f"pool {name} changed meanwhile; try again")
         return self.pool_view(pool)

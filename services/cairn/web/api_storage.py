@@ -79,9 +79,9 @@ def get_one_pool(name: str):
 @bp.patch("/pools/<name>")
 @bp.input(schemas.PoolPatchIn, arg_name="body")
 @bp.output(schemas.PoolOut)
-@bp.doc(summary="Change pool settings (scrub schedule)", security=SECURITY)
+@bp.doc(summary="Change pool settings (scrub and balance schedules)", security=SECURITY)
 def patch_pool(name: str, body: dict[str, Any]):
-    return svc().set_scrub_schedule(name, body.get("scrub_schedule"))
+    return svc().set_schedules(name, body)
 
 
 @bp.delete("/pools/<name>")

@@ -106,8 +106,9 @@ def pool_action(name: str, action: str):
         return to_job(service.replace_disk(name, request.form.get("old", ""), request.form.get("new", "")))
     if action == "destroy":
         return to_job(service.destroy_pool(name, request.form.get("confirm")))
-    if action == "scrub-schedule":
-        service.set_scrub_schedule(name, request.form.get("scrub_schedule") or None)
+    if action == "schedules":
+        service.set_schedules(name, {"scrub_schedule": request.form.get("scrub_schedule") or None,
+                                     "balance_schedule": request.form.get("balance_schedule") or None})
         return redirect(url_for("storage_console.pool", name=name))
     if action == "volumes":
         quota = request.form.get("quota_gib", "").strip()

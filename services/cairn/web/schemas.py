@@ -197,6 +197,7 @@ class PoolOut(Schema):
     uuid = String(allow_none=True, metadata=d("btrfs filesystem UUID"))
     state = String(metadata=d("creating, online or destroying"))
     scrub_schedule = String(allow_none=True, metadata=d("None, weekly or monthly"))
+    balance_schedule = String(allow_none=True, metadata=d("None, weekly or monthly"))
     created_at = Float(metadata=d("When it was created (Unix time)"))
     status = Dict(allow_none=True, metadata=d("What the node last observed: mounted, health (online, degraded, "
                                               "errors, unmounted), usage, devices, scrub, balance, volumes"))
@@ -208,6 +209,7 @@ class PoolListOut(Schema):
 
 class PoolPatchIn(Schema):
     scrub_schedule = String(allow_none=True, metadata=d("None, weekly or monthly: scrub the pool that often"))
+    balance_schedule = String(allow_none=True, metadata=d("None, weekly or monthly: rebalance the pool that often"))
 
 
 class PoolExpandIn(Schema):
