@@ -1,0 +1,1 @@
+"""Cairn shares: file-access users and groups, SMB, NFS and iSCSI."""
