@@ -25,7 +25,7 @@ from .run import BUILD, say
 from .testbed import Testbed
 
 HEARTBEAT = re.compile(r"CAIRN-HEARTBEAT boot=(\S+) n=(\d+) up=\S+ ip=(\S+)")
-PROBLEMS = re.compile(r"Kernel panic|Oops|BUG:|corrupted stack")
+PROBLEMS = re.compile(r"Kernel panic|Oops|BUG:|corrupted stack|detected stalls|soft lockup|blocked for more than")
 VIRSH = "virsh -c qemu:///system"
 GUEST = BUILD / "guest" / "cairn-testguest.img"
 
