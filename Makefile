@@ -8,7 +8,8 @@ PORT ?= 8443
 
 # Every Debian package the tests and the dev stack need (one list).
 APT_PACKAGES := etcd-server etcd-client chromium python3-venv python3-dev btrfs-progs \
-	iproute2 util-linux fonts-dejavu-core ca-certificates samba-common-bin
+	iproute2 util-linux fonts-dejavu-core ca-certificates samba-common-bin \
+	samba smbclient libnss-wrapper
 
 .PHONY: test unit e2e dev bench deps apt venv clean
 

@@ -114,6 +114,7 @@ class Storage:
     # --- pools ------------------------------------------------------------------------------
     def array_device(self, name: str) -> tuple[str, tuple[str, ...]]:
         """(device path, member disk ids) of an md array of this node that no pool uses yet."""
+        # imported here: arrays.py builds on Storage (this module), so a module-level import would cycle
         from cairn.storage.arrays import get_array, locate
         array = get_array(self.store, name)
         if array.node != self.node:
