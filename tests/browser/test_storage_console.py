@@ -42,8 +42,13 @@ def rig(tmp_path_factory):
 
 
 def wait_for_job(page):
-    expect(page).to_have_url(re.compile(r"/jobs/\d{8}-"))
-    expect(page.locator("tr[data-job-id] .job-state")).to_have_text("success", timeout=60_000)
+    try:
+        expect(page).to_have_url(re.compile(r"/jobs/\d{8}-"))
+        expect(page.locator("tr[data-job-id] .job-state")).to_have_text("success", timeout=90_000)
+    except AssertionError:        # keep what the page said for the record
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "console-storage-failed.png"), full_page=True)
+        raise AssertionError(f"the job did not succeed; the page said: {page.inner_text('main')[:1500]}") from None
 
 
 def test_create_a_pool_from_ticked_disks(rig):

@@ -6,7 +6,8 @@
     cairnctl job list [--state S] [--node N]
     cairnctl job show ID
     cairnctl job abort ID
-    cairnctl disk|pool|volume|snapshot ...   (storage: see cairn/cli/storage.py)
+    cairnctl disk|raid|pool|volume|snapshot ...   (storage: see cairn/cli/storage.py)
+    cairnctl user|group|share ...                  (shares: see cairn/cli/shares.py)
 
 The login is kept in ~/.config/cairn/cli.json (mode 0600): URL, CA file and bearer token.
 Exit codes: 0 ok, 1 the API refused (message printed), 2 bad usage, 3 cannot reach the server.
@@ -25,7 +26,7 @@ from typing import Any
 
 import requests
 
-from cairn.cli import storage
+from cairn.cli import shares, storage
 from cairn.cli.output import render_job, show, table
 
 DEFAULT_URL = "https://127.0.0.1:8443"
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.set_defaults(func=cmd_node_diagnose)
 
     storage.add_parsers(sub)
+    shares.add_parsers(sub)
 
     job = sub.add_parser("job", help="jobs").add_subparsers(dest="action", required=True)
     job_list = job.add_parser("list", help="list jobs, newest first")
@@ -194,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConnectionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except ValueError as exc:            # a value the command line itself could not read (a size, ...)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

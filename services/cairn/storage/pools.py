@@ -63,6 +63,12 @@ def list_volumes(store: Store, pool: str) -> list[model.Volume]:
     return [model.Volume.from_dict(e.value) for e in store.list(f"{VOLUMES}{pool}/")]
 
 
+def shares_using(store: Store, pool: str, volume: str) -> list[str]:
+    """Names of the shares on a volume (share records live at shares/, see cairn.shares)."""
+    return sorted(e.value["name"] for e in store.list("shares/")
+                  if e.value.get("pool") == pool and e.value.get("volume") == volume)
+
+
 def pools_by_uuid(store: Store) -> dict[str, str]:
     return {p.uuid: p.name for p in list_pools(store) if p.uuid}
 
@@ -363,6 +369,10 @@ class Storage:
 
     def delete_volume(self, pool_name: str, name: str) -> None:
         get_volume(self.store, pool_name, name)
+        sharing = shares_using(self.store, pool_name, name)
+        if sharing:
+            raise Conflict(f"volume {name} is shared as {', '.join(sharing)}: delete those shares first",
+                           shares=sharing)
         pool = self.owned_pool(pool_name)
         self.require_mounted(pool)
         for snap in self.snapshot_names(pool_name, name):

@@ -16,7 +16,7 @@ from cairn.storage import model
 from cairn.storage.arrays import ARRAY_STATUS, ARRAYS, get_array, list_arrays
 from cairn.storage.jobs import check_pool_create, check_raid_create
 from cairn.storage.monitor import HEALTH
-from cairn.storage.pools import POOL_STATUS, POOLS, VOLUMES, get_pool, get_volume, list_pools
+from cairn.storage.pools import POOL_STATUS, POOLS, VOLUMES, get_pool, get_volume, list_pools, shares_using
 
 
 class StorageService:
@@ -233,6 +233,10 @@ class StorageService:
 
     def delete_volume(self, pool_name: str, name: str, confirm: str | None) -> dict[str, Any]:
         get_volume(self.store, pool_name, name)
+        sharing = shares_using(self.store, pool_name, name)
+        if sharing:
+            raise Conflict(f"volume {name} is shared as {', '.join(sharing)}: delete those shares first",
+                           shares=sharing)
         return self.submit("volume.delete", get_pool(self.store, pool_name).node,
                            {"pool": pool_name, "name": name, "confirm": confirm})
 

@@ -60,9 +60,10 @@ def create_app(cfg: Config, store: Store | None = None) -> APIFlask:
     registry.load_all()
     _load_secret_key(app)
 
-    from cairn.web import api, api_storage, console, console_storage
+    from cairn.web import api, api_shares, api_storage, console, console_storage
     app.register_blueprint(api.bp, url_prefix=API_PREFIX)
     app.register_blueprint(api_storage.bp, url_prefix=API_PREFIX)
+    app.register_blueprint(api_shares.bp, url_prefix=API_PREFIX)
     app.register_blueprint(console.bp)
     app.register_blueprint(console_storage.bp)
     app.before_request(_check_json_body)

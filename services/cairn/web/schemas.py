@@ -321,3 +321,85 @@ class ArrayDiskIn(Schema):
 class ArrayReplaceIn(Schema):
     old = String(required=True, metadata=d("Member disk id to replace (failed, missing or healthy)"))
     new = String(required=True, metadata=d("Free disk id to rebuild onto"))
+
+
+# --- shares -----------------------------------------------------------------------------------
+class FileUserIn(Schema):
+    name = String(required=True, metadata=d("User name: a-z, 0-9, '_', '.', '-' (SMB and NFS)"))
+    password = String(required=True, load_only=True, metadata=d("Password for SMB (8-128 characters)"))
+    full_name = String(load_default="", metadata=d("Full name, shown to people"))
+    groups = List(String(metadata=d("Group name")), load_default=list, metadata=d("Groups the user is in"))
+    uid = Integer(metadata=d("Numeric id (default: the next free one from 10000)"))
+
+
+class FileUserPatchIn(Schema):
+    full_name = String(metadata=d("Full name"))
+    groups = List(String(metadata=d("Group name")), metadata=d("Groups the user is in (replaces the list)"))
+    disabled = Boolean(metadata=d("A disabled user keeps its files but cannot connect"))
+    password = String(load_only=True, metadata=d("New password"))
+
+
+class FileUserOut(Schema):
+    name = String(metadata=d("User name"))
+    uid = Integer(metadata=d("Numeric id, the same on every node"))
+    full_name = String(metadata=d("Full name"))
+    groups = List(String(metadata=d("Group name")), metadata=d("Groups the user is in"))
+    disabled = Boolean(metadata=d("Whether the user is disabled"))
+
+
+class FileUserListOut(Schema):
+    users = List(Nested(FileUserOut), metadata=d("File-access users"))
+
+
+class FileGroupIn(Schema):
+    name = String(required=True, metadata=d("Group name"))
+    description = String(load_default="", metadata=d("What the group is for"))
+    gid = Integer(metadata=d("Numeric id (default: the next free one from 10000)"))
+
+
+class FileGroupOut(Schema):
+    name = String(metadata=d("Group name"))
+    gid = Integer(metadata=d("Numeric id, the same on every node"))
+    description = String(metadata=d("What the group is for"))
+
+
+class FileGroupListOut(Schema):
+    groups = List(Nested(FileGroupOut), metadata=d("File-access groups"))
+
+
+class ShareIn(Schema):
+    name = String(required=True, metadata=d("Share name as clients see it"))
+    pool = String(required=True, metadata=d("Pool of the shared volume"))
+    volume = String(required=True, metadata=d("The shared volume"))
+    path = String(metadata=d("Directory shared (default: the volume's root); must lie inside the volume"))
+    description = String(load_default="", metadata=d("Comment clients see"))
+    smb = Dict(allow_none=True, load_default=None, metadata=d(
+        "SMB settings or null: browseable, read_only, guest_ok, recycle_bin, previous_versions (booleans)"))
+    nfs = Dict(allow_none=True, load_default=None, metadata=d(
+        "NFS settings or null: clients, a list of {match: host|address|network|*.domain|*, access: rw|ro, "
+        "root_squash: bool}"))
+    permissions = List(Dict(metadata=d("{principal: user:<name>|group:<name>, access: rw|ro|none}")),
+                       load_default=list, metadata=d("Who may do what"))
+
+
+class SharePatchIn(Schema):
+    path = String(metadata=d("Directory shared"))
+    description = String(metadata=d("Comment clients see"))
+    smb = Dict(allow_none=True, metadata=d("SMB settings or null"))
+    nfs = Dict(allow_none=True, metadata=d("NFS settings or null"))
+    permissions = List(Dict(metadata=d("{principal, access}")), metadata=d("Who may do what (replaces the list)"))
+
+
+class ShareOut(Schema):
+    name = String(metadata=d("Share name"))
+    pool = String(metadata=d("Pool"))
+    volume = String(metadata=d("Volume"))
+    path = String(metadata=d("Directory shared"))
+    description = String(metadata=d("Comment"))
+    smb = Dict(allow_none=True, metadata=d("SMB settings, or null when not shared over SMB"))
+    nfs = Dict(allow_none=True, metadata=d("NFS settings, or null when not exported"))
+    permissions = List(Dict(metadata=d("{principal, access}")), metadata=d("Who may do what"))
+
+
+class ShareListOut(Schema):
+    shares = List(Nested(ShareOut), metadata=d("Every share of the cluster"))

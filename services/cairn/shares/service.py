@@ -1,0 +1,197 @@
+"""Users, groups and shares as desired state: what the API and the console ask for, checked
+(model.py does the validation) and written to the store. The agents of the nodes apply it
+(Samba's passdb, smb.conf, exports); this module never runs a command.
+
+Writes are compare-and-swap transactions, so two requests never both take a name or an id:
+a user's or group's id is claimed under `share-ids/<uid|gid>/<n>` in the same transaction that
+creates the record. Records that others refer to cannot be deleted while referred to (409, naming
+who refers to them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cairn.cluster.store import Delete, Put, Store, absent, unchanged
+from cairn.errors import Conflict, NotFound, ValidationError
+from cairn.shares import model
+from cairn.shares.ntlm import nt_hash
+from cairn.storage.pools import POOL_STATUS, VOLUMES, get_pool
+
+USERS = "share-users/"
+GROUPS = "share-groups/"
+SHARES = "shares/"
+IDS = "share-ids/"
+PASSWORD_MIN, PASSWORD_MAX = 8, 128
+
+
+def _public_user(data: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in data.items() if key != "nt_hash"}
+
+
+class ShareService:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # --- reading ---------------------------------------------------------------------------
+    def _records(self, prefix: str) -> dict[str, dict[str, Any]]:
+        return {e.key[len(prefix):]: e.value for e in self.store.list(prefix)}
+
+    def users(self) -> list[dict[str, Any]]:
+        return [_public_user(v) for v in self._records(USERS).values()]
+
+    def user(self, name: str) -> dict[str, Any]:
+        data = self.store.get(USERS + name)
+        if data is None:
+            raise NotFound(f"no user named {name!r}", user=name)
+        return _public_user(data)
+
+    def groups(self) -> list[dict[str, Any]]:
+        return list(self._records(GROUPS).values())
+
+    def group(self, name: str) -> dict[str, Any]:
+        data = self.store.get(GROUPS + name)
+        if data is None:
+            raise NotFound(f"no group named {name!r}", group=name)
+        return data
+
+    def shares(self) -> list[dict[str, Any]]:
+        return list(self._records(SHARES).values())
+
+    def share(self, name: str) -> dict[str, Any]:
+        data = self.store.get(SHARES + model.share_key(name))
+        if data is None:
+            raise NotFound(f"no share named {name!r}", share=name)
+        return data
+
+    def shares_on_volume(self, pool: str, volume: str) -> list[str]:
+        return sorted(s["name"] for s in self.shares() if s["pool"] == pool and s["volume"] == volume)
+
+    # --- users -----------------------------------------------------------------------------
+    @staticmethod
+    def _password(value: Any, problems: dict[str, str], required: bool) -> str | None:
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not PASSWORD_MIN <= len(value) <= PASSWORD_MAX:
+            problems["password"] = f"must be {PASSWORD_MIN} to {PASSWORD_MAX} characters"
+            return None
+        return value
+
+    def create_user(self, body: dict[str, Any]) -> dict[str, Any]:
+        body = dict(body)
+        problems: dict[str, str] = {}
+        password = self._password(body.pop("password", None), problems, required=True)
+        users = self._records(USERS)
+        try:
+            user = model.check_user(body, users, groups=self._records(GROUPS),
+                                    taken_uids={u["uid"] for u in users.values()})
+        except ValidationError as error:
+            problems.update(error.fields)
+            user = None
+        model.raise_problems(problems)
+        record = {**user.to_dict(), "nt_hash": nt_hash(password)}
+        id_key = f"{IDS}uid/{user.uid}"
+        if not self.store.txn([absent(USERS + user.name), absent(id_key)],
+                              [Put(USERS + user.name, record), Put(id_key, {"user": user.name})]):
+            raise Conflict(f"user {user.name!r} or uid {user.uid} was taken meanwhile; try again")
+        return _public_user(record)
+
+    def update_user(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        entry = self.store.get_entry(USERS + name)
+        if entry is None:
+            raise NotFound(f"no user named {name!r}", user=name)
+        problems: dict[str, str] = {}
+        for key in sorted(set(body) - {"full_name", "groups", "disabled", "password"}):
+            problems[key] = "cannot be changed (unknown or fixed: name and uid stay)"
+        password = self._password(body.get("password"), problems, required=False)
+        merged = {**_public_user(entry.value), **{k: v for k, v in body.items() if k != "password"}}
+        others = {n: u for n, u in self._records(USERS).items() if n != name}
+        try:
+            user = model.check_user(merged, others, groups=self._records(GROUPS),
+                                    taken_uids={u["uid"] for u in others.values()})
+        except ValidationError as error:
+            problems.update(error.fields)
+        model.raise_problems(problems)
+        record = {**user.to_dict(), "nt_hash": nt_hash(password) if password else entry.value["nt_hash"]}
+        if not self.store.cas(USERS + name, record, entry.mod_revision):
+            raise Conflict(f"user {name} changed meanwhile; try again")
+        return _public_user(record)
+
+    def delete_user(self, name: str) -> None:
+        entry = self.store.get_entry(USERS + name)
+        if entry is None:
+            raise NotFound(f"no user named {name!r}", user=name)
+        using = sorted(s["name"] for s in self.shares()
+                       if any(p["principal"] == f"user:{name}" for p in s.get("permissions", [])))
+        if using:
+            raise Conflict(f"user {name} has permissions on shares {', '.join(using)}: remove them first",
+                           shares=using)
+        self.store.txn([unchanged(USERS + name, entry.mod_revision)],
+                       [Delete(USERS + name), Delete(f"{IDS}uid/{entry.value['uid']}")])
+
+    # --- groups ----------------------------------------------------------------------------
+    def create_group(self, body: dict[str, Any]) -> dict[str, Any]:
+        groups = self._records(GROUPS)
+        group = model.check_group(body, groups, taken_gids={g["gid"] for g in groups.values()})
+        id_key = f"{IDS}gid/{group.gid}"
+        if not self.store.txn([absent(GROUPS + group.name), absent(id_key)],
+                              [Put(GROUPS + group.name, group.to_dict()), Put(id_key, {"group": group.name})]):
+            raise Conflict(f"group {group.name!r} or gid {group.gid} was taken meanwhile; try again")
+        return group.to_dict()
+
+    def delete_group(self, name: str) -> None:
+        entry = self.store.get_entry(GROUPS + name)
+        if entry is None:
+            raise NotFound(f"no group named {name!r}", group=name)
+        members = sorted(u["name"] for u in self.users() if name in u.get("groups", []))
+        using = sorted(s["name"] for s in self.shares()
+                       if any(p["principal"] == f"group:{name}" for p in s.get("permissions", [])))
+        if members or using:
+            raise Conflict(f"group {name} is still used: " + "; ".join(
+                part for part in (f"members {', '.join(members)}" if members else "",
+                                  f"permissions on shares {', '.join(using)}" if using else "") if part),
+                members=members, shares=using)
+        self.store.txn([unchanged(GROUPS + name, entry.mod_revision)],
+                       [Delete(GROUPS + name), Delete(f"{IDS}gid/{entry.value['gid']}")])
+
+    # --- shares ----------------------------------------------------------------------------
+    def _check_share(self, body: dict[str, Any], taken: list[str]) -> model.Share:
+        body = dict(body)
+        pool, volume = body.get("pool"), body.get("volume")
+        root = "/pools"
+        if isinstance(pool, str) and isinstance(volume, str):
+            try:
+                get_pool(self.store, pool)
+            except NotFound:
+                raise ValidationError({"pool": f"no pool named {pool!r}"}) from None
+            if self.store.get(f"{VOLUMES}{pool}/{volume}") is None:
+                raise ValidationError({"volume": f"pool {pool} has no volume named {volume!r}"})
+            status = self.store.get(POOL_STATUS + pool) or {}
+            root = status.get("path", f"/pools/{pool}").rsplit("/", 1)[0] or "/pools"
+            body.setdefault("path", model.volume_path(root, pool, volume))
+        return model.check_share(body, self._records(USERS), self._records(GROUPS), pools_root=root,
+                                 taken_names=taken)
+
+    def create_share(self, body: dict[str, Any]) -> dict[str, Any]:
+        share = self._check_share(body, [s["name"] for s in self.shares()])
+        key = SHARES + model.share_key(share.name)
+        if not self.store.create(key, share.to_dict()):
+            raise Conflict(f"a share named {share.name!r} already exists")
+        return share.to_dict()
+
+    def update_share(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        key = SHARES + model.share_key(name)
+        entry = self.store.get_entry(key)
+        if entry is None:
+            raise NotFound(f"no share named {name!r}", share=name)
+        if "name" in body and body["name"] != entry.value["name"]:
+            raise ValidationError({"name": "a share keeps its name (make a new share to rename)"})
+        merged = {**entry.value, **body}
+        share = self._check_share(merged, [s["name"] for s in self.shares() if s["name"] != entry.value["name"]])
+        if not self.store.cas(key, share.to_dict(), entry.mod_revision):
+            raise Conflict(f"share {name} changed meanwhile; try again")
+        return share.to_dict()
+
+    def delete_share(self, name: str) -> None:
+        if not self.store.delete(SHARES + model.share_key(name)):
+            raise NotFound(f"no share named {name!r}", share=name)
