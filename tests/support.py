@@ -3,6 +3,7 @@ every directory's conftest is a module named `conftest`)."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -134,3 +135,14 @@ class LoopDisks:
         for device in self.devices:
             self.runner.run(["losetup", "-d", device], check=False)
         self.devices = []
+
+
+def assert_golden(path: Path, actual: str) -> None:
+    """actual == the golden file; with CAIRN_UPDATE_GOLDEN=1 the file is rewritten and the test
+    still fails once, so the diff gets reviewed before it counts."""
+    import pytest
+    if os.environ.get("CAIRN_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(actual.encode())
+        pytest.fail(f"rewrote {path}: review the diff, then run again without CAIRN_UPDATE_GOLDEN")
+    assert actual == path.read_bytes().decode("utf-8")

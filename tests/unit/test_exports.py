@@ -7,24 +7,19 @@ reviewed (git diff) before anyone runs the suite green again."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
 import pytest
 
+from support import assert_golden as golden
 from cairn.shares import exports, model
 
 GOLDEN = Path(__file__).resolve().parent.parent / "fixtures" / "shares" / "golden"
 
 
 def assert_golden(name: str, actual: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("CAIRN_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(actual.encode())
-        pytest.fail(f"rewrote {path}: review the diff, then run again without CAIRN_UPDATE_GOLDEN")
-    assert actual == path.read_bytes().decode("utf-8")
+    golden(GOLDEN / name, actual)
 
 
 def share(**data) -> model.Share:

@@ -8,13 +8,13 @@ reviewed (git diff) before anyone runs the suite green again."""
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import pytest
 
 from cairn.runner import Runner
+from support import assert_golden as golden
 from cairn.shares import model, smbconf
 
 GOLDEN = Path(__file__).resolve().parent.parent / "fixtures" / "shares" / "golden"
@@ -33,12 +33,7 @@ USERS = {user.name: user for user in (
 
 
 def assert_golden(name: str, actual: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("CAIRN_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(actual.encode())
-        pytest.fail(f"rewrote {path}: review the diff, then run again without CAIRN_UPDATE_GOLDEN")
-    assert actual == path.read_bytes().decode("utf-8")
+    golden(GOLDEN / name, actual)
 
 
 def share(**data) -> model.Share:
