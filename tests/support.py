@@ -3,8 +3,10 @@ every directory's conftest is a module named `conftest`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,3 +148,37 @@ def assert_golden(path: Path, actual: str) -> None:
         path.write_bytes(actual.encode())
         pytest.fail(f"rewrote {path}: review the diff, then run again without CAIRN_UPDATE_GOLDEN")
     assert actual == path.read_bytes().decode("utf-8")
+
+
+def finish_job(session: requests.Session, stack: Stack, method: str, path: str, timeout: float = 120,
+               **kwargs) -> dict:
+    """Submit through /api/v1 (expects 202) and wait for the job to end; returns the ended job."""
+    reply = session.request(method, stack.url + "/api/v1" + path, **kwargs)
+    assert reply.status_code == 202, reply.text
+    job_id = reply.json()["id"]
+    return wait_until(lambda: (j := session.get(f"{stack.url}/api/v1/jobs/{job_id}").json())["state"]
+                      not in ("queued", "running") and j, timeout, f"job {job_id} to end")
+
+
+@contextlib.contextmanager
+def storage_stack(base: Path, disks: int, size_mib: int, keep_logs=lambda: False):
+    """A running stack whose agent treats `disks` fresh loop devices as disks (already rescanned),
+    pools under base/pools. Everything is stopped and detached at the end; with keep_logs() true
+    the daemons' logs are copied to the test artifacts first."""
+    loops = LoopDisks(base / "loops", disks, size_mib)
+    stack = None
+    try:
+        stack = start_stack(base, storage=config_mod.StorageConfig(pools_root=str(base / "pools"),
+                                                                   include_loop=True))
+        rescan = finish_job(stack.session(), stack, "POST", f"/nodes/{stack.node}/disks/rescan")
+        assert rescan["state"] == "success", rescan
+        yield stack, loops
+    finally:
+        if stack is not None:
+            if keep_logs():
+                keep = ARTIFACTS / "logs" / base.name
+                keep.mkdir(parents=True, exist_ok=True)
+                for log in base.glob("*.log"):
+                    shutil.copy(log, keep / log.name)
+            stack.stop()
+        loops.close()

@@ -22,8 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from support import LoopDisks, start_stack, wait_until  # noqa: E402
-from cairn.config import StorageConfig  # noqa: E402
+from support import finish_job, storage_stack  # noqa: E402
 from cairn.runner import Runner  # noqa: E402
 
 GIB = int(os.environ.get("CAIRN_BENCH_GIB", "10"))
@@ -32,11 +31,7 @@ FILES = 10_000
 
 def job(session, stack, method: str, path: str, **kwargs) -> tuple[dict, float]:
     started = time.monotonic()
-    reply = session.request(method, stack.url + "/api/v1" + path, **kwargs)
-    assert reply.status_code == 202, reply.text
-    job_id = reply.json()["id"]
-    done = wait_until(lambda: (j := session.get(f"{stack.url}/api/v1/jobs/{job_id}").json())["state"]
-                      not in ("queued", "running") and j, 3600, f"job {job_id}", interval=0.02)
+    done = finish_job(session, stack, method, path, 3600, **kwargs)
     elapsed = time.monotonic() - started
     assert done["state"] == "success", done
     return done, elapsed
@@ -63,12 +58,8 @@ def fill(directory: Path, total_bytes: int, files: int) -> float:
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cairn-bench-storage-", dir="/var/tmp") as tmp:
         base = Path(tmp)
-        loops = LoopDisks(base / "loops", 1, (GIB + 4) * 1024)
-        stack = None
-        try:
-            stack = start_stack(base, storage=StorageConfig(pools_root=str(base / "pools"), include_loop=True))
+        with storage_stack(base, 1, (GIB + 4) * 1024) as (stack, loops):
             session = stack.session()
-            job(session, stack, "POST", f"/nodes/{stack.node}/disks/rescan")
             job(session, stack, "POST", "/pools", json={"name": "bench", "node": stack.node,
                                                         "disks": loops.ids(), "profile": "single"})
             _, _ = job(session, stack, "POST", "/pools/bench/volumes", json={"name": "data"})
@@ -111,10 +102,6 @@ def main() -> int:
                 print(f"scrub of {scrubbed / 2**30:.1f} GiB on one loop device ({label}): {elapsed:.1f} s, "
                       f"{scrubbed / 2**20 / elapsed:.0f} MiB/s (job time; progress polled every second)")
             job(session, stack, "DELETE", "/pools/bench", params={"confirm": "bench"})
-        finally:
-            if stack is not None:
-                stack.stop()
-            loops.close()
     return 0
 
 

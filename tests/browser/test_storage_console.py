@@ -8,8 +8,7 @@ import re
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from cairn.config import StorageConfig
-from support import ARTIFACTS, LoopDisks, start_stack, wait_until
+from support import ARTIFACTS, storage_stack
 
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -17,15 +16,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic"
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
-    base = tmp_path_factory.mktemp("storage-console")
-    loops = LoopDisks(base / "loops", 2, 400)
-    stack = None
-    try:
-        stack = start_stack(base, storage=StorageConfig(pools_root=str(base / "pools"), include_loop=True))
-        session = stack.session()
-        job = session.post(f"{stack.url}/api/v1/nodes/{stack.node}/disks/rescan").json()
-        wait_until(lambda: session.get(f"{stack.url}/api/v1/jobs/{job['id']}").json()["state"] == "success",
-                   30, "the disk rescan")
+    with storage_stack(tmp_path_factory.mktemp("storage-console"), 2, 400) as (stack, loops):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             context = browser.new_context(ignore_https_errors=True, base_url=stack.url)
@@ -35,10 +26,6 @@ def rig(tmp_path_factory):
             page.click("button[type=submit]")
             yield stack, loops, page
             browser.close()
-    finally:
-        if stack is not None:
-            stack.stop()
-        loops.close()
 
 
 def wait_for_job(page):

@@ -9,40 +9,24 @@ import sys
 
 import pytest
 
-from cairn.config import StorageConfig
 from cairn.runner import Runner
 from cairn.shares.ntlm import nt_hash
-from support import LoopDisks, start_stack, wait_until
+from support import finish_job, storage_stack, wait_until
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
-    base = tmp_path_factory.mktemp("shares")
-    loops = LoopDisks(base / "loops", 1, 300)
-    stack = None
-    try:
-        stack = start_stack(base, storage=StorageConfig(pools_root=str(base / "pools"), include_loop=True))
+    with storage_stack(tmp_path_factory.mktemp("shares"), 1, 300) as (stack, loops):
         session = stack.session()
-
-        def run(method, path, **kwargs):
-            reply = session.request(method, stack.url + "/api/v1" + path, **kwargs)
-            assert reply.status_code == 202, reply.text
-            job_id = reply.json()["id"]
-            job = wait_until(lambda: (j := session.get(f"{stack.url}/api/v1/jobs/{job_id}").json())["state"]
-                             not in ("queued", "running") and j, 120, f"job {job_id}")
+        for method, path, body in (("POST", "/pools", {"name": "tank", "node": stack.node, "disks": loops.ids(),
+                                                       "profile": "single"}),
+                                   ("POST", "/pools/tank/volumes", {"name": "office"})):
+            job = finish_job(session, stack, method, path, json=body)
             assert job["state"] == "success", job
-
-        run("POST", f"/nodes/{stack.node}/disks/rescan")
-        run("POST", "/pools", json={"name": "tank", "node": stack.node, "disks": loops.ids(), "profile": "single"})
-        run("POST", "/pools/tank/volumes", json={"name": "office"})
 
         def call(method, path, **kwargs):
             return session.request(method, stack.url + "/api/v1" + path, **kwargs)
         yield stack, call
-    finally:
-        if stack is not None:
-            stack.stop()
-        loops.close()
 
 
 def test_users_and_groups(api):

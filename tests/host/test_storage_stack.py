@@ -7,40 +7,25 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from cairn.config import StorageConfig
 from cairn.runner import Runner
 from cairn.storage import model
 from cairn.storage.monitor import StorageMonitor
 from cairn.storage.pools import Storage
-from support import ARTIFACTS, LoopDisks, start_stack, wait_until
+from support import finish_job, storage_stack, wait_until
 
 MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory, request):
-    base = tmp_path_factory.mktemp("storage")
-    loops = LoopDisks(base / "loops", 6, 512)
-    stack = None
-    try:
-        stack = start_stack(base, storage=StorageConfig(pools_root=str(base / "pools"), include_loop=True,
-                                                        smart_interval=600))
-        yield stack, loops
-    finally:
-        if stack is not None:
-            if request.session.testsfailed:
-                keep = ARTIFACTS / "logs" / base.name
-                keep.mkdir(parents=True, exist_ok=True)
-                for log in base.glob("*.log"):
-                    shutil.copy(log, keep / log.name)
-            stack.stop()
-        loops.close()
+    with storage_stack(tmp_path_factory.mktemp("storage"), 6, 512,
+                       keep_logs=lambda: request.session.testsfailed) as running:
+        yield running
 
 
 def call(session, stack, method, path, **kwargs):
@@ -48,12 +33,7 @@ def call(session, stack, method, path, **kwargs):
 
 
 def run_job(session, stack, method, path, timeout=120, **kwargs) -> dict:
-    """Submit through the API and wait for the job to end; returns the finished job."""
-    reply = call(session, stack, method, path, **kwargs)
-    assert reply.status_code == 202, reply.text
-    job_id = reply.json()["id"]
-    return wait_until(lambda: (j := call(session, stack, "GET", f"/jobs/{job_id}").json())["state"]
-                      not in ("queued", "running") and j, timeout, f"job {job_id} to end")
+    return finish_job(session, stack, method, path, timeout, **kwargs)
 
 
 def ok(job: dict) -> dict:
@@ -82,9 +62,7 @@ def disks_of(session, stack) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def api(rig):
     stack, loops = rig
-    session = stack.session()
-    ok(run_job(session, stack, "POST", f"/nodes/{stack.node}/disks/rescan"))
-    return stack, loops, session
+    return stack, loops, stack.session()
 
 
 def test_loop_disks_are_listed_free_by_id(api):

@@ -297,6 +297,12 @@ class Storage:
         status = self._follow(lambda: btrfs.scrub_status(self.runner, path), lambda s: s.state == "running",
                               lambda s: (s.percent or 0, f"scrubbed {s.bytes_scrubbed >> 20} MiB"),
                               ctx, cancel=lambda: btrfs.scrub_cancel(self.runner, path))
+        # btrfs-progs' background scrub process writes its final record a moment after the kernel
+        # finishes; a short scrub read at once shows zeros. Re-read briefly until the figures land.
+        deadline = time.monotonic() + 10
+        while status.state == "finished" and status.bytes_scrubbed == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = btrfs.scrub_status(self.runner, path)
         self.publish_status(pool)
         return asdict(status)
 
