@@ -119,3 +119,52 @@ def test_cairnctl_users_groups_and_shares(api, tmp_path):
     ctl("share", "delete", "Projects")
     ctl("user", "delete", "dora")
     ctl("group", "delete", "team")
+
+
+def test_export_then_import_rebuilds_everything_or_nothing(api, tmp_path):
+    stack, call = api
+    assert call("POST", "/file-groups", json={"name": "crew"}).status_code == 201
+    assert call("POST", "/file-users", json={"name": "erin", "password": "Erin-pass-1", "groups": ["crew"]}).status_code == 201
+    call("POST", "/pools/tank/volumes", json={"name": "crewdata"})
+    wait_until(lambda: call("GET", "/pools/tank/volumes/crewdata").status_code == 200, 60, "the volume")
+    assert call("POST", "/shares", json={"name": "Crew", "pool": "tank", "volume": "crewdata", "smb": {},
+                                         "permissions": [{"principal": "group:crew", "access": "rw"}]}).status_code == 201
+    document = call("GET", "/shares-config").json()
+    assert document["format"] == "cairn-shares/1"
+    erin = next(u for u in document["users"] if u["name"] == "erin")
+    assert erin["nt_hash"] == nt_hash("Erin-pass-1"), "the export carries what rebuilds the password"
+
+    again = call("POST", "/shares-config", json=document)
+    assert again.status_code == 200, again.text
+    assert again.json()["unchanged"] == len(document["users"]) + \
+        len(document["groups"]) + len(document["shares"])
+
+    broken = {**document, "users": document["users"] + [{"name": "Bad", "uid": 5, "nt_hash": "x"}],
+              "shares": document["shares"] + [{"name": "Ghost", "pool": "tank", "volume": "gone", "smb": {}}]}
+    refused = call("POST", "/shares-config", json=broken)
+    assert refused.status_code == 400
+    fields = refused.json()["error"]["fields"]
+    bad_user = len(document["users"])
+    assert {f"users[{bad_user}].nt_hash", f"users[{bad_user}].name"} <= set(fields)
+    assert f"shares[{len(document['shares'])}].volume" in fields
+
+    # rebuild: remove everything, import the document, and get the same records back
+    for share in call("GET", "/shares").json()["shares"]:
+        assert call("DELETE", f"/shares/{share['name']}").status_code == 200
+    for user in call("GET", "/file-users").json()["users"]:
+        assert call("DELETE", f"/file-users/{user['name']}").status_code == 200
+    for group in call("GET", "/file-groups").json()["groups"]:
+        assert call("DELETE", f"/file-groups/{group['name']}").status_code == 200
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(document))
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    ctl = lambda *args, **kw: Runner().run([sys.executable, "-m", "cairn.cli.main", *args], env=env,  # noqa: E731
+                                           timeout=120, **kw)
+    ctl("--url", stack.url, "--ca", stack.ca, "login", "--password-stdin", input=stack.password + "\n")
+    imported = ctl("shares-config", "import", str(path)).stdout
+    assert imported.startswith(f"imported {len(document['groups'])} groups, {len(document['users'])} users, "
+                               f"{len(document['shares'])} shares")
+    assert call("GET", "/shares-config").json() == document
+    out = tmp_path / "again.json"
+    ctl("shares-config", "export", "-o", str(out))
+    assert json.loads(out.read_text()) == document and out.stat().st_mode & 0o777 == 0o600

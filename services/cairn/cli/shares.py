@@ -8,12 +8,17 @@
                           [--allow user:alice=rw --allow group:staff=ro ...] [--recycle-bin] [--previous-versions]
     cairnctl share set NAME [--allow ... (replaces all)] [--description D]
 
+    cairnctl shares-config export [-o FILE]           (users with password hashes, groups, shares)
+    cairnctl shares-config import FILE                (all or nothing)
+
 --nfs CLIENT is `match[,ro][,no_root_squash]`, e.g. `10.0.0.0/24` or `*.lan,ro`.
 """
 
 from __future__ import annotations
 
 import getpass
+import json
+import os
 import sys
 from typing import Any
 
@@ -156,6 +161,32 @@ def cmd_share_delete(client, args) -> int:
     return 0
 
 
+def cmd_config_export(client, args) -> int:
+    document = client.call("GET", "/shares-config")
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    if args.output:
+        descriptor = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # holds password hashes
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        print(f"exported {len(document['users'])} users, {len(document['groups'])} groups, "
+              f"{len(document['shares'])} shares to {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_config_import(client, args) -> int:
+    with open(args.file) as handle:
+        try:
+            document = json.load(handle)
+        except ValueError as error:
+            raise ValueError(f"{args.file} is not JSON: {error}") from None
+    show(client.call("POST", "/shares-config", document), args.json,
+         lambda c: f"imported {c['groups']} groups, {c['users']} users, {c['shares']} shares "
+                   f"({c['unchanged']} already there)")
+    return 0
+
+
 def add_parsers(sub) -> None:
     user = sub.add_parser("user", help="file-access users (SMB/NFS)").add_subparsers(dest="action", required=True)
     user.add_parser("list", help="list users").set_defaults(func=cmd_user_list)
@@ -206,3 +237,12 @@ def add_parsers(sub) -> None:
     share_set.add_argument("--allow", action="append", help="principal=access (repeat; replaces all)")
     share_set.add_argument("--description")
     share_set.set_defaults(func=cmd_share_set)
+
+    config = sub.add_parser("shares-config", help="export/import users, groups and shares").add_subparsers(
+        dest="action", required=True)
+    export = config.add_parser("export", help="write them all as one JSON document")
+    export.add_argument("-o", "--output", help="file (mode 0600; default: standard output)")
+    export.set_defaults(func=cmd_config_export)
+    load = config.add_parser("import", help="add them from an exported document (all or nothing)")
+    load.add_argument("file")
+    load.set_defaults(func=cmd_config_import)

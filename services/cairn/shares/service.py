@@ -10,6 +10,7 @@ who refers to them).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from cairn.cluster.store import Delete, Put, Store, absent, unchanged
@@ -23,6 +24,7 @@ GROUPS = "share-groups/"
 SHARES = "shares/"
 IDS = "share-ids/"
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
+EXPORT_FORMAT = "cairn-shares/1"
 
 
 def _public_user(data: dict[str, Any]) -> dict[str, Any]:
@@ -156,6 +158,11 @@ class ShareService:
 
     # --- shares ----------------------------------------------------------------------------
     def _check_share(self, body: dict[str, Any], taken: list[str]) -> model.Share:
+        return self._check_share_against(body, self._records(USERS), self._records(GROUPS), taken)
+
+    def _check_share_against(self, body: Any, users: dict, groups: dict, taken: list[str]) -> model.Share:
+        if not isinstance(body, dict):
+            raise ValidationError({"share": "must be an object"})
         body = dict(body)
         pool, volume = body.get("pool"), body.get("volume")
         root = "/pools"
@@ -169,8 +176,7 @@ class ShareService:
             status = self.store.get(POOL_STATUS + pool) or {}
             root = status.get("path", f"/pools/{pool}").rsplit("/", 1)[0] or "/pools"
             body.setdefault("path", model.volume_path(root, pool, volume))
-        return model.check_share(body, self._records(USERS), self._records(GROUPS), pools_root=root,
-                                 taken_names=taken)
+        return model.check_share(body, users, groups, pools_root=root, taken_names=taken)
 
     def create_share(self, body: dict[str, Any]) -> dict[str, Any]:
         share = self._check_share(body, [s["name"] for s in self.shares()])
@@ -195,3 +201,79 @@ class ShareService:
     def delete_share(self, name: str) -> None:
         if not self.store.delete(SHARES + model.share_key(name)):
             raise NotFound(f"no share named {name!r}", share=name)
+
+    # --- export / import --------------------------------------------------------------------
+    def export(self) -> dict[str, Any]:
+        """Users (with their NT hashes), groups and shares as one document, to rebuild from."""
+        return {"format": EXPORT_FORMAT,
+                "groups": sorted(self._records(GROUPS).values(), key=lambda g: g["name"]),
+                "users": sorted(self._records(USERS).values(), key=lambda u: u["name"]),
+                "shares": sorted(self.shares(), key=lambda s: s["name"])}
+
+    def import_config(self, document: Any) -> dict[str, Any]:
+        """Add what the document holds. Everything is checked first (every problem reported at
+        once, by place in the document) and written in one transaction, or nothing is.
+        Records that exist already and are identical are skipped; different ones are refused."""
+        if not isinstance(document, dict) or document.get("format") != EXPORT_FORMAT:
+            raise ValidationError({"format": f"must be {EXPORT_FORMAT!r} (a document from the export)"})
+        problems: dict[str, str] = {}
+        groups, users = dict(self._records(GROUPS)), dict(self._records(USERS))
+        writes: list[Put] = []
+        compares = []
+        counts = {"groups": 0, "users": 0, "shares": 0, "unchanged": 0}
+
+        def add(kind: str, key: str, record: dict[str, Any], existing: dict[str, Any] | None,
+                id_key: str | None = None, owner: dict | None = None) -> None:
+            record = json.loads(json.dumps(record))      # as the store keeps it (lists, not tuples)
+            if existing is not None:
+                if existing == record:
+                    counts["unchanged"] += 1
+                else:
+                    problems[f"{kind}.{record['name']}"] = "exists here with different settings"
+                return
+            compares.append(absent(key))
+            writes.append(Put(key, record))
+            if id_key:
+                compares.append(absent(id_key))
+                writes.append(Put(id_key, owner))
+            counts[kind] += 1
+
+        for index, data in enumerate(document.get("groups") or []):
+            try:
+                others = {n: g for n, g in groups.items() if n != (data or {}).get("name")}
+                group = model.check_group(data, others, taken_gids={g["gid"] for g in others.values()})
+            except ValidationError as error:
+                problems.update({f"groups[{index}].{k}": v for k, v in error.fields.items()})
+                continue
+            add("groups", GROUPS + group.name, group.to_dict(), groups.get(group.name),
+                f"{IDS}gid/{group.gid}", {"group": group.name})
+            groups[group.name] = group.to_dict()
+        for index, data in enumerate(document.get("users") or []):
+            data = dict(data or {})
+            hashed = data.pop("nt_hash", None)
+            if not isinstance(hashed, str) or len(hashed) != 32:
+                problems[f"users[{index}].nt_hash"] = "missing or not an NT hash (32 hex digits)"
+            try:
+                others = {n: u for n, u in users.items() if n != data.get("name")}
+                user = model.check_user(data, others, groups=groups, taken_uids={u["uid"] for u in others.values()})
+            except ValidationError as error:
+                problems.update({f"users[{index}].{k}": v for k, v in error.fields.items()})
+                continue
+            record = {**user.to_dict(), "nt_hash": hashed}
+            add("users", USERS + user.name, record, users.get(user.name), f"{IDS}uid/{user.uid}", {"user": user.name})
+            users[user.name] = record
+        existing_shares = {model.share_key(s["name"]): s for s in self.shares()}
+        for index, data in enumerate(document.get("shares") or []):
+            try:
+                share = self._check_share_against(data, users, groups,
+                                                  [s["name"] for k, s in existing_shares.items()
+                                                   if k != model.share_key((data or {}).get("name", ""))])
+            except ValidationError as error:
+                problems.update({f"shares[{index}].{k}": v for k, v in error.fields.items()})
+                continue
+            key = SHARES + model.share_key(share.name)
+            add("shares", key, share.to_dict(), existing_shares.get(model.share_key(share.name)))
+        model.raise_problems(problems)
+        if writes and not self.store.txn(compares, writes):
+            raise Conflict("users, groups or shares changed while importing; nothing was imported, try again")
+        return counts

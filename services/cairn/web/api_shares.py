@@ -118,3 +118,20 @@ def patch_share(name: str, body: dict[str, Any]):
 def delete_share(name: str):
     svc().delete_share(name)
     return {"message": f"share {name} deleted"}
+
+
+@bp.get("/shares-config")
+@bp.output(schemas.SharesConfigDoc)
+@bp.doc(summary="Export users, groups and shares as one document (holds password hashes: keep it safe)",
+        security=SECURITY)
+def export_config():
+    return svc().export()
+
+
+@bp.post("/shares-config")
+@bp.input(schemas.SharesConfigDoc, arg_name="body")
+@bp.output(schemas.SharesImportOut)
+@bp.doc(summary="Import an exported document: all of it or nothing (every problem reported at once)",
+        security=SECURITY)
+def import_config(body: dict[str, Any]):
+    return svc().import_config(body)

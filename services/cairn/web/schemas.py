@@ -403,3 +403,18 @@ class ShareOut(Schema):
 
 class ShareListOut(Schema):
     shares = List(Nested(ShareOut), metadata=d("Every share of the cluster"))
+
+
+class SharesConfigDoc(Schema):
+    format = String(required=True, metadata=d("Always 'cairn-shares/1'"))
+    groups = List(Dict(metadata=d("A group record")), load_default=list, metadata=d("Groups with their gids"))
+    users = List(Dict(metadata=d("A user record with its NT hash")), load_default=list,
+                 metadata=d("Users with their uids, groups and NT password hashes"))
+    shares = List(Dict(metadata=d("A share record")), load_default=list, metadata=d("Shares with their settings"))
+
+
+class SharesImportOut(Schema):
+    groups = Integer(metadata=d("Groups added"))
+    users = Integer(metadata=d("Users added"))
+    shares = Integer(metadata=d("Shares added"))
+    unchanged = Integer(metadata=d("Records that existed already, identical (skipped)"))
