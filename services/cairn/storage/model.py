@@ -104,16 +104,6 @@ class Volume:
         return cls(**data)
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    name: str
-    volume: str
-    created_at: float                      # seconds since the epoch
-    auto: bool = False                     # taken by the schedule (subject to retention)
-    referenced: int | None = None          # bytes it refers to
-    exclusive: int | None = None           # bytes only it holds (what deleting it frees)
-
-
 # --- validation (pure) ------------------------------------------------------------------------
 def check_name(value: Any, field_name: str, problems: dict[str, str], what: str = "name") -> str:
     if not isinstance(value, str) or not NAME.match(value):

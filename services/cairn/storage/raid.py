@@ -1,5 +1,5 @@
-"""md RAID with mdadm: argv builders (pure), parsers for `mdadm --detail` and /proc/mdstat (pure,
-tested on output captured in the appliance), and the few effects the jobs need.
+"""md RAID with mdadm: argv builders (pure), the parser for `mdadm --detail` (pure,
+tested on output captured in the appliance); the effects live in arrays.py.
 
 Arrays are named: /dev/md/<name> (mdadm --name; metadata 1.2). Cairn's arrays are listed in
 /etc/mdadm/mdadm.conf (generated from the store, written atomically only when changed) so they
@@ -19,7 +19,6 @@ from typing import Any
 from cairn.errors import CommandFailed
 
 LEVELS = {"raid0": 2, "raid1": 2, "raid5": 3, "raid6": 4, "raid10": 4}      # fewest disks each
-TOLERATES = {"raid0": 0, "raid1": None, "raid5": 1, "raid6": 2, "raid10": 1}  # None: all but one
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 MDADM_CONF = "/etc/mdadm/mdadm.conf"
 
@@ -189,58 +188,6 @@ def parse_detail(text: str) -> ArrayDetail:
         failed_devices=number("Failed Devices"), spare_devices=number("Spare Devices"),
         uuid=values.get("UUID"), name=name, size=int(size_kib.group(1)) * 1024 if size_kib else None,
         sync_action=sync_action, sync_percent=sync_percent, members=tuple(members))
-
-
-@dataclass(frozen=True)
-class MdstatArray:
-    device: str                     # md127
-    level: str | None
-    members: tuple[str, ...]        # kernel names, "(F)" faulty and "(S)" spare markers removed
-    faulty: tuple[str, ...]
-    spares: tuple[str, ...]
-    active: bool
-    progress_action: str | None     # recovery, resync, reshape, check
-    progress_percent: float | None
-    finish_minutes: float | None
-
-
-_PROGRESS = re.compile(r"(recovery|resync|reshape|check)\s*=\s*([\d.]+)%.*?finish=([\d.]+)min")
-
-
-def parse_mdstat(text: str) -> list[MdstatArray]:
-    """/proc/mdstat → one record per array, with rebuild/resync progress when running."""
-    found: list[MdstatArray] = []
-    current: dict[str, Any] | None = None
-    for line in text.splitlines():
-        head = re.match(r"^(md\S+)\s*:\s*(active|inactive)\s+(?:\(\S+\)\s+)?(raid\d+|linear)?\s*(.*)$", line)
-        if head:
-            if current:
-                found.append(MdstatArray(**current))
-            members, faulty, spares = [], [], []
-            for token in head.group(4).split():
-                disk = re.match(r"^(\S+?)\[\d+\](\(([FSWR])\))?$", token)
-                if not disk:
-                    continue
-                members.append(disk.group(1))
-                if disk.group(3) == "F":
-                    faulty.append(disk.group(1))
-                elif disk.group(3) == "S":
-                    spares.append(disk.group(1))
-            current = {"device": head.group(1), "level": head.group(3), "members": tuple(members),
-                       "faulty": tuple(faulty), "spares": tuple(spares), "active": head.group(2) == "active",
-                       "progress_action": None, "progress_percent": None, "finish_minutes": None}
-            continue
-        if current is not None:
-            progress = _PROGRESS.search(line)
-            if progress:
-                current.update(progress_action=progress.group(1), progress_percent=float(progress.group(2)),
-                               finish_minutes=float(progress.group(3)))
-            elif not line.strip():
-                found.append(MdstatArray(**current))
-                current = None
-    if current:
-        found.append(MdstatArray(**current))
-    return found
 
 
 def mdadm_conf(arrays: list[tuple[str, str]]) -> str:
