@@ -9,7 +9,7 @@ PORT ?= 8443
 # Every Debian package the tests and the dev stack need (one list).
 APT_PACKAGES := etcd-server etcd-client chromium python3-venv python3-dev btrfs-progs \
 	iproute2 util-linux fonts-dejavu-core ca-certificates samba-common-bin \
-	samba smbclient libnss-wrapper
+	samba smbclient libnss-wrapper acl
 
 .PHONY: test unit e2e dev bench deps apt venv clean
 

@@ -90,8 +90,8 @@ BASE_PACKAGES = [
     "libvirt-daemon-system", "libvirt-clients", "qemu-system-x86", "qemu-utils", "ovmf",
     "novnc", "python3-websockify",
     # storage and sharing
-    "samba", "nfs-kernel-server", "targetcli-fb", "python3-rtslib-fb", "open-iscsi",
-    "mdadm", "btrfs-progs", "smartmontools", "nvme-cli",
+    "samba", "smbclient", "nfs-kernel-server", "targetcli-fb", "python3-rtslib-fb", "open-iscsi",
+    "mdadm", "btrfs-progs", "smartmontools", "nvme-cli", "acl",
     # Cairn's Python runtime (Debian's bindings reach the venv through system site packages)
     "python3", "python3-venv", "python3-libvirt", "python3-pyudev",
 ]

@@ -16,6 +16,23 @@ from cairn.devstack import EtcdCluster  # noqa: E402
 from support import ARTIFACTS, Stack, new_root, start_stack  # noqa: E402
 
 
+# What a test's agent must never change on this machine (stacks keep accounts and Samba's
+# config in a sandbox: cairn.devstack.share_sandbox).
+HOST_FILES = ("/etc/passwd", "/etc/group", "/etc/samba/smb.conf", "/etc/exports.d/cairn.exports")
+
+
+def _contents(paths) -> dict[str, bytes | None]:
+    return {p: Path(p).read_bytes() if Path(p).exists() else None for p in paths}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_files_untouched():
+    before = _contents(HOST_FILES)
+    yield
+    changed = [p for p, data in _contents(HOST_FILES).items() if data != before[p]]
+    assert changed == [], f"tests changed this machine's {', '.join(changed)}"
+
+
 @pytest.fixture(scope="session")
 def etcd(tmp_path_factory) -> EtcdCluster:
     cluster = EtcdCluster.create(tmp_path_factory.mktemp("etcd"), 1).start()

@@ -15,7 +15,7 @@ import requests
 
 from cairn import config as config_mod
 from cairn.cluster.store import Store
-from cairn.devstack import EtcdCluster, free_port, start_agent, start_web, wait_http, write_config
+from cairn.devstack import EtcdCluster, free_port, share_sandbox, start_agent, start_web, wait_http, write_config
 from cairn.runner import Daemon, Runner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,7 +86,8 @@ def start_stack(base: Path, node: str = "node-a", storage: config_mod.StorageCon
     port = free_port()
     cfg = config_mod.Config(node_name=node, etcd_endpoints=tuple(etcd.endpoints), state_dir=base,
                             web=config_mod.WebConfig(bind=f"127.0.0.1:{port}", workers=2, threads=8),
-                            storage=storage or config_mod.StorageConfig())
+                            storage=storage or config_mod.StorageConfig(),
+                            shares=share_sandbox(base / "shares"))
     config_path = write_config(base / "cairn.toml", cfg)
     agent = start_agent(config_path, base / "agent.log")
     web = start_web(config_path, base / "web.log")

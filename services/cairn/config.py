@@ -11,6 +11,12 @@
     pools_root = "/pools"                       # pools are mounted at <pools_root>/<pool>
     smart_interval = 600                        # seconds between SMART reads of every disk
     include_loop = false                        # treat loop devices as disks (tests only)
+    [shares]
+    etc_root = "/"                              # holds etc/passwd, etc/samba, etc/exports.d (tests: a temp dir)
+    service_manager = "systemd"                 # "none": smbd/nfsd are started by someone else (tests)
+    nfs = true                                  # serve NFS (hosts without nfsd: false)
+    samba_include = ""                          # a file of extra [global] settings (tests: ports, dirs)
+    workgroup = "WORKGROUP"
 
 Written by the image (or the dev stack); read by cairn-agent and cairn-web at start.
 """
@@ -43,6 +49,15 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class SharesConfig:
+    etc_root: str = "/"
+    service_manager: str = "systemd"
+    nfs: bool = True
+    samba_include: str = ""
+    workgroup: str = "WORKGROUP"
+
+
+@dataclass(frozen=True)
 class Config:
     node_name: str
     etcd_endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
@@ -50,12 +65,13 @@ class Config:
     store_root: str = "/cairn"
     web: WebConfig = field(default_factory=WebConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    shares: SharesConfig = field(default_factory=SharesConfig)
 
 
 def parse(data: dict, default_node_name: str) -> Config:
     """Config from parsed TOML. All problems are reported at once, by key."""
     problems: dict[str, str] = {}
-    known = {"node_name", "etcd_endpoints", "state_dir", "store_root", "web", "storage"}
+    known = {"node_name", "etcd_endpoints", "state_dir", "store_root", "web", "storage", "shares"}
     for key in data:
         if key not in known:
             problems[key] = "unknown setting"
@@ -92,12 +108,26 @@ def parse(data: dict, default_node_name: str) -> Config:
                 problems["storage.pools_root"] = "must be an absolute path"
             if not isinstance(storage.smart_interval, (int, float)) or storage.smart_interval < 10:
                 problems["storage.smart_interval"] = "must be at least 10 seconds"
+    shares_data = data.get("shares", {})
+    shares = SharesConfig()
+    if not isinstance(shares_data, dict):
+        problems["shares"] = "must be a table"
+    else:
+        try:
+            shares = SharesConfig(**shares_data)
+        except TypeError as exc:
+            problems["shares"] = str(exc)
+        else:
+            if not str(shares.etc_root).startswith("/"):
+                problems["shares.etc_root"] = "must be an absolute path"
+            if shares.service_manager not in ("systemd", "none"):
+                problems["shares.service_manager"] = "must be systemd or none"
     if problems:
         raise ValidationError(problems, "bad configuration: " + "; ".join(
             f"{k}: {v}" for k, v in sorted(problems.items())))
     return Config(node_name=node_name, etcd_endpoints=tuple(endpoints),
                   state_dir=Path(data.get("state_dir", "/var/lib/cairn")), store_root=root, web=web,
-                  storage=storage)
+                  storage=storage, shares=shares)
 
 
 def load(path: str | None = None) -> Config:
@@ -125,4 +155,10 @@ def dump(config: Config) -> str:
         f'pools_root = "{config.storage.pools_root}"\n'
         f"smart_interval = {config.storage.smart_interval}\n"
         f"include_loop = {'true' if config.storage.include_loop else 'false'}\n"
+        "[shares]\n"
+        f'etc_root = "{config.shares.etc_root}"\n'
+        f'service_manager = "{config.shares.service_manager}"\n'
+        f"nfs = {'true' if config.shares.nfs else 'false'}\n"
+        f'samba_include = "{config.shares.samba_include}"\n'
+        f'workgroup = "{config.shares.workgroup}"\n'
     )

@@ -133,9 +133,49 @@ def write_config(path: Path, cfg: config_mod.Config) -> Path:
     return path
 
 
+NSS_WRAPPER = "/usr/lib/x86_64-linux-gnu/libnss_wrapper.so"
+
+
+def share_sandbox(base: Path, smb_port: int | None = None) -> config_mod.SharesConfig:
+    """Shares settings that keep a dev or test stack's agent off this machine's /etc: accounts,
+    smb.conf and Samba's state live under `base`, daemons are not started (smbd only if the
+    caller starts it on `smb_port`), NFS is off. The agent sees the accounts through nss_wrapper
+    (`sandbox_env`)."""
+    etc = base / "root" / "etc"
+    (etc / "samba").mkdir(parents=True, exist_ok=True)
+    for name, text in {"passwd": "root:x:0:0:root:/root:/bin/sh\n"
+                                 "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+                       "group": "root:x:0:\nusers:x:100:\nnogroup:x:65534:\n",
+                       "shadow": "root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n",
+                       "gshadow": "root:*::\nusers:*::\nnogroup:*::\n"}.items():
+        if not (etc / name).exists():
+            (etc / name).write_text(text)
+    state = base / "samba"
+    for sub in ("private", "lock", "state", "cache", "ncalrpc"):
+        (state / sub).mkdir(parents=True, exist_ok=True)
+    settings = {"private dir": state / "private", "lock directory": state / "lock",
+                "state directory": state / "state", "cache directory": state / "cache",
+                "pid directory": state, "ncalrpc dir": state / "ncalrpc", "log file": base / "smbd.log",
+                "disable netbios": "yes", "interfaces": "lo", "bind interfaces only": "yes",
+                "smb ports": smb_port or free_port()}
+    include = base / "samba-site.conf"
+    include.write_text("".join(f"\t{key} = {value}\n" for key, value in settings.items()))
+    return config_mod.SharesConfig(etc_root=str(base / "root"), service_manager="none", nfs=False,
+                                   samba_include=str(include))
+
+
+def sandbox_env(shares: config_mod.SharesConfig) -> dict[str, str] | None:
+    """nss_wrapper's environment for a sandboxed agent (None on the real root)."""
+    if shares.etc_root in ("", "/") or not Path(NSS_WRAPPER).exists():
+        return None
+    return {"LD_PRELOAD": NSS_WRAPPER, "NSS_WRAPPER_PASSWD": f"{shares.etc_root}/etc/passwd",
+            "NSS_WRAPPER_GROUP": f"{shares.etc_root}/etc/group"}
+
+
 def start_agent(config_path: Path, log_path: Path, runner: Runner | None = None) -> Daemon:
+    shares = config_mod.load(str(config_path)).shares
     return (runner or Runner()).spawn([sys.executable, "-m", "cairn.agent.main", "--config", str(config_path)],
-                                      log_path=log_path)
+                                      log_path=log_path, env=sandbox_env(shares))
 
 
 def start_web(config_path: Path, log_path: Path, runner: Runner | None = None) -> Daemon:
@@ -176,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                               peer_ports=[_stable_port(state / "etcd-peer-port")])
     node = socket.gethostname()
     cfg = config_mod.Config(node_name=node, etcd_endpoints=tuple(etcd.endpoints), state_dir=state,
-                            web=config_mod.WebConfig(bind=f"127.0.0.1:{args.port}", workers=2))
+                            web=config_mod.WebConfig(bind=f"127.0.0.1:{args.port}", workers=2),
+                            shares=share_sandbox(state / "shares"))
     config_path = write_config(state / "cairn.toml", cfg)
     daemons: list[Daemon] = []
     stop = threading.Event()

@@ -6,7 +6,7 @@ import pytest
 
 from cairn import config as config_mod
 from cairn.cluster.store import Store
-from cairn.devstack import EtcdCluster, start_agent, write_config
+from cairn.devstack import EtcdCluster, share_sandbox, start_agent, write_config
 from cairn.jobs.model import JobState
 from cairn.jobs.service import JobService
 from support import wait_until
@@ -21,7 +21,7 @@ def three(tmp_path):
 
 def test_job_survives_leader_loss(three, tmp_path):
     cfg = config_mod.Config(node_name="n3", etcd_endpoints=tuple(three.endpoints), state_dir=tmp_path,
-                            store_root="/cairn")
+                            store_root="/cairn", shares=share_sandbox(tmp_path / "shares"))
     agent = start_agent(write_config(tmp_path / "cairn.toml", cfg), tmp_path / "agent.log")
     try:
         store = Store(three.endpoints, "/cairn", timeout=3)

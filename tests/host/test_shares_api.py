@@ -1,6 +1,7 @@
 """Users, groups and shares through the API of a real stack, on a real pool (btrfs on a loop
-device): every field error at once, ids allocated once, passwords kept only as the NT hash, and
-nothing deleted while something refers to it (409 naming what)."""
+device): every field error at once, ids allocated once, passwords kept only as the NT hash,
+nothing deleted while something refers to it (409 naming what), and each share's state following
+what its pool's node publishes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from cairn.runner import Runner
 from cairn.shares.ntlm import nt_hash
+from cairn.storage import model as storage_model
 from support import finish_job, storage_stack, wait_until
 
 
@@ -60,6 +62,11 @@ def test_shares_are_checked_and_kept(api):
                                                          {"principal": "group:staff2", "access": "ro"}]})
     assert made.status_code == 201, made.text
     assert made.json()["path"].endswith("/pools/tank/office")
+    # The stack's own agent (accounts and smb.conf in its sandbox root) serves it.
+    served = wait_until(lambda: (call("GET", "/shares/Office").json()["state"]["state"] == "served") or None,
+                        60, "the agent to serve the share")
+    assert served and "[Office]" in (stack.dir / "shares" / "root" / "etc" / "samba" / "smb.conf").read_text()
+    assert "alice:x:10000:100:" in (stack.dir / "shares" / "root" / "etc" / "passwd").read_text()
     bad = call("POST", "/shares", json={"name": "a/b", "pool": "tank", "volume": "office",
                                         "path": "/etc", "nfs": {"clients": [{"match": "10.0.0.1/8"}]},
                                         "permissions": [{"principal": "user:zed", "access": "rw"}]})
@@ -112,6 +119,7 @@ def test_cairnctl_users_groups_and_shares(api, tmp_path):
     assert "nfs: 10.0.0.0/24 ro" in shown and "user:dora: rw" in shown
     listed = ctl("share", "list").stdout.splitlines()
     assert listed[0].split()[:3] == ["NAME", "POOL", "VOLUME"] and listed[1].split()[:3] == ["Projects", "tank", "projects"]
+    wait_until(lambda: f"served by {stack.node}" in ctl("share", "list").stdout, 60, "cairnctl to show it served")
     bad = ctl("share", "create", "X", "--pool", "tank", "--volume", "projects", "--allow", "dora", check=False)
     assert bad.returncode == 2 and "principal=access" in bad.stderr
     refused = ctl("group", "delete", "team", check=False)
@@ -168,3 +176,38 @@ def test_export_then_import_rebuilds_everything_or_nothing(api, tmp_path):
     out = tmp_path / "again.json"
     ctl("shares-config", "export", "-o", str(out))
     assert json.loads(out.read_text()) == document and out.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_shares_state_follows_what_its_pools_node_publishes(api):
+    # A pool of a node without an agent: only this test writes that node's status, so no pass of
+    # the stack's own agent (which reports on node-a) can race with it.
+    stack, call = api
+    store = stack.store()
+    store.put("pools/far", storage_model.Pool("far", "node-far", "single", "dup", "none", ("disk-far",),
+                                              state="online").to_dict())
+    store.put("volumes/far/data", storage_model.Volume("far", "data").to_dict())
+    try:
+        made = call("POST", "/shares", json={"name": "Remote", "pool": "far", "volume": "data", "smb": {}})
+        assert made.status_code == 201, made.text
+
+        def states():
+            one = call("GET", "/shares/remote").json()["state"]
+            listed = [s["state"] for s in call("GET", "/shares").json()["shares"] if s["name"] == "Remote"]
+            assert [one] == listed, "GET one and GET all say the same"
+            return one
+
+        assert {"state": "pending", "node": "node-far", "error": None} == states()
+        store.put("status/node-far/reconcile", {
+            "shares": {"ok": False, "actions": 0, "error": "start smbd: systemctl exited with 1", "at": 1.0},
+            "iscsi": {"ok": True, "actions": 0, "error": None, "at": 1.0}})
+        assert {"state": "error", "node": "node-far", "error": "start smbd: systemctl exited with 1"} == states()
+        store.put("status/node-far/shares", {"served": ["Remote"]})
+        assert {"state": "served", "node": "node-far", "error": None} == states()
+        store.put("status/node-far/reconcile", {"shares": {"ok": True, "actions": 2, "error": None, "at": 2.0}})
+        assert {"state": "served", "node": "node-far", "error": None} == states()
+        exported = next(s for s in call("GET", "/shares-config").json()["shares"] if s["name"] == "Remote")
+        assert "state" not in exported, "the state is shown, not exported"
+    finally:
+        call("DELETE", "/shares/Remote")
+        for key in ("pools/far", "volumes/far/data", "status/node-far/reconcile", "status/node-far/shares"):
+            store.delete(key)

@@ -3,7 +3,10 @@
 Loops (threads):
   - heartbeat: keeps the node lease alive, refreshes node-alive/<node> and nodes/<node> (inventory);
   - jobs: watches jobs/ and job-aborts/ and runs this node's queued jobs (jobs.executor);
-  - reconcile: runs the reconcile loop every RECONCILE_INTERVAL seconds (pools mounted, ...);
+  - reconcile: runs the reconcile loop every RECONCILE_INTERVAL seconds (pools mounted, shares
+    applied, ...);
+  - share-watch, iscsi-watch: apply shares / iSCSI targets at once when their records change, so
+    a new share or LUN is served within a second or so instead of at the next reconcile pass;
   - storage: publishes pool status and runs snapshot schedules every STORAGE_INTERVAL seconds;
   - smart: reads every disk's SMART each storage.smart_interval seconds, events on degradation.
 At start, jobs that were `running` on this node are marked failed: the agent that ran them is gone.
@@ -27,6 +30,8 @@ from cairn.jobs import registry
 from cairn.jobs.executor import Executor
 from cairn.jobs.service import JobService
 from cairn.runner import Runner
+from cairn.shares.apply import ShareApplier
+from cairn.shares.lio import LioApplier
 from cairn.storage import disks
 from cairn.storage.monitor import PoolMounts, StorageMonitor
 from cairn.storage.pools import pools_by_uuid
@@ -56,7 +61,11 @@ class Agent:
         self.executor = Executor(self.jobs, self.node, self.runner, self.lease, config=cfg,
                                  after_job=self._after_job)
         self.monitor = StorageMonitor(self.runner, self.store, self.node, cfg.storage)
-        self.reconcile = ReconcileLoop(self.store, self.node, [PoolMounts(self.monitor.storage)])
+        storage = self.monitor.storage
+        self.shares = ShareApplier(self.runner, self.store, self.node, cfg.shares, cfg.storage.pools_root,
+                                   storage.mounted)
+        self.iscsi = LioApplier(self.store, self.node, storage.mounted)
+        self.reconcile = ReconcileLoop(self.store, self.node, [PoolMounts(storage), self.shares, self.iscsi])
 
     # --- lease -------------------------------------------------------------------------------
     def lease(self) -> int:
@@ -121,6 +130,31 @@ class Agent:
                 log.exception("job loop crashed; continuing")
                 self.stop.wait(1.0)
 
+    def _watch_loop(self, prefix: str, areas: set[str]) -> None:
+        """Run the reconcilers of `areas` whenever something under `prefix` changes. The revision
+        is taken before each pass, so a change made during a pass brings another pass."""
+        revision = 0
+        while not self.stop.is_set():
+            try:
+                if not revision:
+                    revision = self.store.revision() + 1
+                changed = False
+                for event in self.store.watch(prefix, revision, idle_timeout=30.0, stop=self.stop):
+                    if event is not None:
+                        changed = True
+                        break
+                if changed and not self.stop.is_set():
+                    revision = self.store.revision() + 1
+                    self.reconcile.run_once(only=areas)
+            except CairnError as exc:
+                log.warning("watch %s: %s", prefix, exc.message)
+                revision = 0
+                self.stop.wait(1.0)
+            except Exception:
+                log.exception("watch %s crashed; continuing", prefix)
+                revision = 0
+                self.stop.wait(1.0)
+
     def start(self) -> list[threading.Thread]:
         self._wait_for_store()
         self.store.ensure_schema()
@@ -134,6 +168,10 @@ class Agent:
             threading.Thread(target=self._job_loop, name="jobs", daemon=True),
             threading.Thread(target=self._loop, args=("reconcile", RECONCILE_INTERVAL, self.reconcile.run_once),
                              name="reconcile", daemon=True),
+            threading.Thread(target=self._watch_loop, args=("share", {"shares"}), name="share-watch",
+                             daemon=True),
+            threading.Thread(target=self._watch_loop, args=("iscsi-t", {"iscsi"}), name="iscsi-watch",
+                             daemon=True),
             threading.Thread(target=self._loop, args=("storage", STORAGE_INTERVAL, self.monitor.observe_pools),
                              name="storage", daemon=True),
             threading.Thread(target=self._loop, args=("smart", self.cfg.storage.smart_interval,

@@ -2,13 +2,15 @@
 
 A Reconciler reads what it needs from the store snapshot it is given, so `desired` and `diff` stay
 pure and testable; only `actual` and `apply` touch the node. The loop runs every reconciler on each
-pass, isolates failures (one broken area does not stop the others), and reports per-area status to
-status/<node>/reconcile (written only by that node's agent).
+pass (or only the areas named, when a watch saw their records change), one pass at a time,
+isolates failures (one broken area does not stop the others), and reports per-area status to
+status/<node>/reconcile (written only by that node's agent; an area keeps its last report).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -42,20 +44,32 @@ class ReconcileLoop:
     node: str
     reconcilers: list[Reconciler] = field(default_factory=list)
     clock: Callable[[], float] = time.time
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _report: dict[str, AreaStatus] = field(default_factory=dict, repr=False)
 
-    def run_once(self) -> dict[str, AreaStatus]:
+    def run_once(self, only: set[str] | None = None) -> dict[str, AreaStatus]:
+        with self._lock:
+            return self._run(only)
+
+    def _run(self, only: set[str] | None) -> dict[str, AreaStatus]:
         report: dict[str, AreaStatus] = {}
         for reconciler in self.reconcilers:
+            if only is not None and reconciler.name not in only:
+                continue
             try:
                 actions = reconciler.diff(reconciler.desired(self.store), reconciler.actual())
                 if actions:
                     reconciler.apply(actions)
+                finish = getattr(reconciler, "after_pass", None)
+                if finish is not None:
+                    finish()                   # status publishing, clean-up after a good pass
                 report[reconciler.name] = AreaStatus(True, len(actions), None, self.clock())
             except CairnError as exc:
                 report[reconciler.name] = AreaStatus(False, 0, exc.message, self.clock())
             except Exception as exc:
                 log.exception("reconciler %s crashed", reconciler.name)
                 report[reconciler.name] = AreaStatus(False, 0, f"internal error: {exc}", self.clock())
+        self._report.update(report)
         self.store.put(f"status/{self.node}/reconcile",
-                       {name: vars(status) for name, status in report.items()})
+                       {name: vars(status) for name, status in self._report.items()})
         return report

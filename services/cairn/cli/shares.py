@@ -8,7 +8,8 @@
                           [--allow user:alice=rw --allow group:staff=ro ...] [--recycle-bin] [--previous-versions]
     cairnctl share set NAME [--allow ... (replaces all)] [--description D]
 
-    cairnctl shares-config export [-o FILE]           (users with password hashes, groups, shares)
+    cairnctl shares-config export [-o FILE]           (users with password hashes, groups, shares,
+                                                       iSCSI targets with CHAP passwords)
     cairnctl shares-config import FILE                (all or nothing)
 
 --nfs CLIENT is `match[,ro][,no_root_squash]`, e.g. `10.0.0.0/24` or `*.lan,ro`.
@@ -28,7 +29,7 @@ USER_COLUMNS = [("NAME", "name"), ("UID", "uid"), ("FULL NAME", "full_name"), ("
                 ("DISABLED", "disabled")]
 GROUP_COLUMNS = [("NAME", "name"), ("GID", "gid"), ("DESCRIPTION", "description")]
 SHARE_COLUMNS = [("NAME", "name"), ("POOL", "pool"), ("VOLUME", "volume"), ("SMB", "smb"), ("NFS", "nfs"),
-                 ("PATH", "path")]
+                 ("STATE", "served"), ("PATH", "path")]
 
 
 def parse_allow(values: list[str] | None) -> list[dict[str, str]]:
@@ -53,9 +54,22 @@ def parse_nfs(values: list[str] | None) -> dict[str, Any] | None:
     return {"clients": clients}
 
 
+def served(state: dict[str, Any] | None) -> str:
+    """A share's state in words: served by <node>, waiting for <node>, or the node's error."""
+    if not state:
+        return "-"
+    node = state.get("node") or "?"
+    if state.get("state") == "served":
+        return f"served by {node}"
+    if state.get("state") == "error":
+        return f"error on {node}: {state.get('error')}"
+    return f"waiting for {node}"
+
+
 def share_rows(shares: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**s, "smb": "yes" if s.get("smb") is not None else "no",
-             "nfs": ", ".join(c["match"] for c in (s.get("nfs") or {}).get("clients", [])) or "no"} for s in shares]
+             "nfs": ", ".join(c["match"] for c in (s.get("nfs") or {}).get("clients", [])) or "no",
+             "served": served(s.get("state"))} for s in shares]
 
 
 def read_password(args, name: str) -> str:
@@ -165,11 +179,13 @@ def cmd_config_export(client, args) -> int:
     document = client.call("GET", "/shares-config")
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     if args.output:
-        descriptor = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # holds password hashes
+        # the document holds password hashes and CHAP passwords: readable by its owner only
+        descriptor = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as handle:
             handle.write(text)
         print(f"exported {len(document['users'])} users, {len(document['groups'])} groups, "
-              f"{len(document['shares'])} shares to {args.output}")
+              f"{len(document['shares'])} shares, {len(document.get('iscsi_targets', []))} iSCSI targets "
+              f"to {args.output}")
     else:
         sys.stdout.write(text)
     return 0
@@ -182,8 +198,8 @@ def cmd_config_import(client, args) -> int:
         except ValueError as error:
             raise ValueError(f"{args.file} is not JSON: {error}") from None
     show(client.call("POST", "/shares-config", document), args.json,
-         lambda c: f"imported {c['groups']} groups, {c['users']} users, {c['shares']} shares "
-                   f"({c['unchanged']} already there)")
+         lambda c: f"imported {c['groups']} groups, {c['users']} users, {c['shares']} shares, "
+                   f"{c.get('iscsi_targets', 0)} iSCSI targets ({c['unchanged']} already there)")
     return 0
 
 
@@ -238,8 +254,8 @@ def add_parsers(sub) -> None:
     share_set.add_argument("--description")
     share_set.set_defaults(func=cmd_share_set)
 
-    config = sub.add_parser("shares-config", help="export/import users, groups and shares").add_subparsers(
-        dest="action", required=True)
+    config = sub.add_parser("shares-config", help="export/import users, groups, shares and iSCSI targets")
+    config = config.add_subparsers(dest="action", required=True)
     export = config.add_parser("export", help="write them all as one JSON document")
     export.add_argument("-o", "--output", help="file (mode 0600; default: standard output)")
     export.set_defaults(func=cmd_config_export)

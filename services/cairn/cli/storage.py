@@ -31,22 +31,12 @@ Commands that start a job print it; with --wait they follow it to the end and ex
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
 from cairn.cli.output import render_job, show, table
+from cairn.storage.model import parse_size
 
-SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]?)(i?B?)?$", re.IGNORECASE)
-UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
-
-
-def parse_size(text: str) -> int:
-    """'10G', '512M', '1.5T', '1048576' → bytes (binary units, as disks are sized in the console)."""
-    match = SIZE.match(text.strip())
-    if not match:
-        raise ValueError(f"not a size: {text!r} (use e.g. 500M, 10G, 2T)")
-    return int(float(match.group(1)) * UNITS[match.group(2).upper()])
 
 
 def human(size: Any) -> str:

@@ -6,6 +6,10 @@ Writes are compare-and-swap transactions, so two requests never both take a name
 a user's or group's id is claimed under `share-ids/<uid|gid>/<n>` in the same transaction that
 creates the record. Records that others refer to cannot be deleted while referred to (409, naming
 who refers to them).
+
+Whether a share is served is read, not written, here: the node that owns the share's pool publishes
+status/<node>/shares (the names it serves, after each good pass) and status/<node>/reconcile (how
+each area's last pass went); `share_state` decides from those what to show.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from typing import Any
 from cairn.cluster.store import Delete, Put, Store, absent, unchanged
 from cairn.errors import Conflict, NotFound, ValidationError
 from cairn.shares import model
+from cairn.shares.iscsi_service import IscsiService
 from cairn.shares.ntlm import nt_hash
-from cairn.storage.pools import POOL_STATUS, VOLUMES, get_pool
+from cairn.storage.pools import POOL_STATUS, VOLUMES, get_pool, list_pools
 
 USERS = "share-users/"
 GROUPS = "share-groups/"
@@ -29,6 +34,23 @@ EXPORT_FORMAT = "cairn-shares/1"
 
 def _public_user(data: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in data.items() if key != "nt_hash"}
+
+
+def share_state(share: dict[str, Any], node: str | None, served: dict[str, Any] | None,
+                last_pass: dict[str, Any] | None) -> dict[str, Any]:
+    """Whether `share` is served, from what the node that owns its pool (`node`, None when the pool
+    record is gone) last published: its status/<node>/shares (`served`) and the "shares" area of its
+    status/<node>/reconcile (`last_pass`); either is None until the node has written it.
+
+    served: the node lists the share. error: it does not, and the node's last shares pass failed
+    (its error says why). pending: anything else (the node has not applied the share yet)."""
+    names = {model.share_key(name) for name in (served or {}).get("served") or []}
+    if node is not None and model.share_key(share["name"]) in names:
+        return {"state": "served", "node": node, "error": None}
+    if node is not None and last_pass is not None and last_pass.get("ok") is False:
+        return {"state": "error", "node": node,
+                "error": last_pass.get("error") or f"the last shares pass on {node} failed"}
+    return {"state": "pending", "node": node, "error": None}
 
 
 class ShareService:
@@ -65,6 +87,20 @@ class ShareService:
         if data is None:
             raise NotFound(f"no share named {name!r}", share=name)
         return data
+
+    def with_state(self, shares: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The shares, each with its "state" (share_state) added; the records stay as they are."""
+        owners = {pool.name: pool.node for pool in list_pools(self.store)}
+        published: dict[str, tuple[dict | None, dict | None]] = {}
+        for node in {owners.get(share["pool"]) for share in shares} - {None}:
+            report = self.store.get(f"status/{node}/reconcile") or {}
+            published[node] = (self.store.get(f"status/{node}/shares"), report.get("shares"))
+        result = []
+        for share in shares:
+            node = owners.get(share["pool"])
+            served, last_pass = published.get(node, (None, None))
+            result.append({**share, "state": share_state(share, node, served, last_pass)})
+        return result
 
     def shares_on_volume(self, pool: str, volume: str) -> list[str]:
         return sorted(s["name"] for s in self.shares() if s["pool"] == pool and s["volume"] == volume)
@@ -173,6 +209,11 @@ class ShareService:
                 raise ValidationError({"pool": f"no pool named {pool!r}"}) from None
             if self.store.get(f"{VOLUMES}{pool}/{volume}") is None:
                 raise ValidationError({"volume": f"pool {pool} has no volume named {volume!r}"})
+            targets = sorted(e.value["name"] for e in self.store.list("iscsi-targets/")
+                             if e.value.get("pool") == pool and e.value.get("volume") == volume)
+            if targets:
+                raise ValidationError({"volume": f"volume {pool}/{volume} holds the LUNs of iSCSI target "
+                                                 f"{', '.join(targets)}; share another volume"})
             status = self.store.get(POOL_STATUS + pool) or {}
             root = status.get("path", f"/pools/{pool}").rsplit("/", 1)[0] or "/pools"
             body.setdefault("path", model.volume_path(root, pool, volume))
@@ -204,26 +245,29 @@ class ShareService:
 
     # --- export / import --------------------------------------------------------------------
     def export(self) -> dict[str, Any]:
-        """Users (with their NT hashes), groups and shares as one document, to rebuild from."""
+        """Users (with their NT hashes), groups, shares and iSCSI targets (with their CHAP
+        passwords) as one document, to rebuild from."""
         return {"format": EXPORT_FORMAT,
                 "groups": sorted(self._records(GROUPS).values(), key=lambda g: g["name"]),
                 "users": sorted(self._records(USERS).values(), key=lambda u: u["name"]),
-                "shares": sorted(self.shares(), key=lambda s: s["name"])}
+                "shares": sorted(self.shares(), key=lambda s: s["name"]),
+                "iscsi_targets": IscsiService(self.store).records()}
 
     def import_config(self, document: Any) -> dict[str, Any]:
         """Add what the document holds. Everything is checked first (every problem reported at
         once, by place in the document) and written in one transaction, or nothing is.
-        Records that exist already and are identical are skipped; different ones are refused."""
+        Records that exist already and are identical are skipped; different ones are refused.
+        Documents from before iSCSI targets were exported (no "iscsi_targets") import as they did."""
         if not isinstance(document, dict) or document.get("format") != EXPORT_FORMAT:
             raise ValidationError({"format": f"must be {EXPORT_FORMAT!r} (a document from the export)"})
         problems: dict[str, str] = {}
         groups, users = dict(self._records(GROUPS)), dict(self._records(USERS))
         writes: list[Put] = []
         compares = []
-        counts = {"groups": 0, "users": 0, "shares": 0, "unchanged": 0}
+        counts = {"groups": 0, "users": 0, "shares": 0, "iscsi_targets": 0, "unchanged": 0}
 
         def add(kind: str, key: str, record: dict[str, Any], existing: dict[str, Any] | None,
-                id_key: str | None = None, owner: dict | None = None) -> None:
+                id_key: str | None = None, owner: dict | None = None, must_be_absent: list[str] = ()) -> None:
             record = json.loads(json.dumps(record))      # as the store keeps it (lists, not tuples)
             if existing is not None:
                 if existing == record:
@@ -236,6 +280,7 @@ class ShareService:
             if id_key:
                 compares.append(absent(id_key))
                 writes.append(Put(id_key, owner))
+            compares.extend(absent(other) for other in must_be_absent)
             counts[kind] += 1
 
         for index, data in enumerate(document.get("groups") or []):
@@ -273,7 +318,11 @@ class ShareService:
                 continue
             key = SHARES + model.share_key(share.name)
             add("shares", key, share.to_dict(), existing_shares.get(model.share_key(share.name)))
+        for key, record, existing, keys in IscsiService(self.store).import_plan(document.get("iscsi_targets"),
+                                                                                problems):
+            add("iscsi_targets", key, record, existing, keys["claim"], {"target": record["name"]}, keys["absent"])
         model.raise_problems(problems)
         if writes and not self.store.txn(compares, writes):
-            raise Conflict("users, groups or shares changed while importing; nothing was imported, try again")
+            raise Conflict("users, groups, shares or iSCSI targets changed while importing; nothing was imported, "
+                           "try again")
         return counts

@@ -85,8 +85,10 @@ DEFAULT_SNAPSHOT_FORMAT = AUTO_PREFIX + STAMP
 
 def render(shares: Iterable[Share], users: dict[str, User], groups: dict[str, Group], *,
            netbios_name: str, workgroup: str = "WORKGROUP",
-           snapshot_format: str = DEFAULT_SNAPSHOT_FORMAT, pools_root: str = "/pools") -> str:
-    """The whole smb.conf for these shares (only those with SMB settings)."""
+           snapshot_format: str = DEFAULT_SNAPSHOT_FORMAT, pools_root: str = "/pools",
+           include: str = "") -> str:
+    """The whole smb.conf for these shares (only those with SMB settings). `include` names a
+    file of site settings read at the end of [global] (tests put their ports and dirs there)."""
     if not NETBIOS_NAME.match(netbios_name):
         raise ValueError(f"netbios name {netbios_name!r}: 1-15 letters, digits and '-'")
     if not WORKGROUP.match(workgroup):
@@ -101,7 +103,10 @@ def render(shares: Iterable[Share], users: dict[str, User], groups: dict[str, Gr
         other = seen.setdefault(share_key(share.name), share.name)
         if other != share.name:
             raise ValueError(f"shares {other!r} and {share.name!r} differ only in case")
-    sections = [global_section(netbios_name, workgroup)]
+    if include and (not include.startswith("/") or smb_text_problem(include)):
+        raise ValueError(f"include {include!r}: must be an absolute path smb.conf can hold")
+    options = global_options(netbios_name, workgroup) + ([("include", include)] if include else [])
+    sections = [section("global", options)]
     for share in smb_shares:
         sections.append(section(share.name, share_options(share, users, groups, snapshot_format,
                                                           pools_root)))
@@ -127,8 +132,10 @@ def global_options(netbios_name: str, workgroup: str) -> list[tuple[str, str]]:
     ]
 
 
-def global_section(netbios_name: str, workgroup: str) -> str:
-    return section("global", global_options(netbios_name, workgroup))
+def netbios_name_for(node: str) -> str:
+    """A node name as a NetBIOS name: upper case, other characters as '-', at most 15."""
+    name = re.sub(r"[^A-Z0-9-]", "-", node.upper())[:15].strip("-")
+    return name if NETBIOS_NAME.match(name) else "CAIRN"
 
 
 def section(name: str, options: list[tuple[str, str]]) -> str:

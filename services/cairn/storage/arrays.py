@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from cairn.cluster import events
@@ -18,6 +17,7 @@ from cairn.cluster.store import Store
 from cairn.errors import CairnError, Conflict, ExecutionError, NotFound, PreconditionFailed
 from cairn.storage import disks, raid
 from cairn.storage.pools import Storage, list_pools
+from cairn.system.files import write_if_changed
 
 ARRAYS = "arrays/"
 ARRAY_STATUS = "array-status/"
@@ -62,18 +62,6 @@ def locate(array: Array) -> str | None:
             return os.path.realpath(link)
     named = raid.device(array.name)
     return os.path.realpath(named) if os.path.exists(named) else None
-
-
-def write_if_changed(path: str, text: str) -> bool:
-    """Atomic write, only when the content differs. Returns whether it wrote."""
-    target = Path(path)
-    if target.exists() and target.read_text() == text:
-        return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".cairn-tmp")
-    tmp.write_text(text)
-    os.replace(tmp, target)
-    return True
 
 
 class Arrays:

@@ -45,6 +45,8 @@ METADATA_PROFILES = ("dup", "single", "raid1", "raid1c3", "raid1c4")
 COMPRESSION = ("none", "zstd", "lzo", "zlib")
 AUTO_PREFIX = "auto-"
 STAMP = "%Y%m%dT%H%M%SZ"
+SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]?)(i?B?)?$", re.IGNORECASE)
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,15 @@ def check_snapshot_name(value: Any, problems: dict[str, str]) -> str | None:
                             f"and not start with {AUTO_PREFIX!r} (used by schedules)")
         return None
     return value
+
+
+def parse_size(text: str) -> int:
+    """'10G', '512M', '1.5T', '1048576' → bytes (binary units, as disks are sized in the console).
+    Raises ValueError naming the text when it is not a size."""
+    match = SIZE.match(text.strip())
+    if not match:
+        raise ValueError(f"not a size: {text!r} (use e.g. 500M, 10G, 2T)")
+    return int(float(match.group(1)) * SIZE_UNITS[match.group(2).upper()])
 
 
 def raise_problems(problems: dict[str, str]) -> None:

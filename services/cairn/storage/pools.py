@@ -64,9 +64,12 @@ def list_volumes(store: Store, pool: str) -> list[model.Volume]:
 
 
 def shares_using(store: Store, pool: str, volume: str) -> list[str]:
-    """Names of the shares on a volume (share records live at shares/, see cairn.shares)."""
-    return sorted(e.value["name"] for e in store.list("shares/")
-                  if e.value.get("pool") == pool and e.value.get("volume") == volume)
+    """What shares a volume: its shares by name, then "iSCSI target <name>" for each target whose
+    LUN files live in it (records at shares/ and iscsi-targets/, see cairn.shares)."""
+    def on_volume(prefix: str) -> list[str]:
+        return sorted(e.value["name"] for e in store.list(prefix)
+                      if e.value.get("pool") == pool and e.value.get("volume") == volume)
+    return on_volume("shares/") + [f"iSCSI target {name}" for name in on_volume("iscsi-targets/")]
 
 
 def pools_by_uuid(store: Store) -> dict[str, str]:
@@ -377,7 +380,7 @@ class Storage:
         get_volume(self.store, pool_name, name)
         sharing = shares_using(self.store, pool_name, name)
         if sharing:
-            raise Conflict(f"volume {name} is shared as {', '.join(sharing)}: delete those shares first",
+            raise Conflict(f"volume {name} is shared as {', '.join(sharing)}: delete those first",
                            shares=sharing)
         pool = self.owned_pool(pool_name)
         self.require_mounted(pool)

@@ -16,7 +16,8 @@ from cairn.storage import model
 from cairn.storage.arrays import ARRAY_STATUS, ARRAYS, get_array, list_arrays
 from cairn.storage.jobs import check_pool_create, check_raid_create
 from cairn.storage.monitor import HEALTH
-from cairn.storage.pools import POOL_STATUS, POOLS, VOLUMES, get_pool, get_volume, list_pools, shares_using
+from cairn.storage.pools import (POOL_STATUS, POOLS, VOLUMES, get_pool, get_volume, list_pools,
+                                 list_volumes, shares_using)
 
 
 class StorageService:
@@ -125,6 +126,11 @@ class StorageService:
 
     def destroy_pool(self, name: str, confirm: str | None) -> dict[str, Any]:
         pool = get_pool(self.store, name)
+        sharing = [f"{volume.name}: {user}" for volume in list_volumes(self.store, name)
+                   for user in shares_using(self.store, name, volume.name)]
+        if sharing:
+            raise Conflict(f"pool {name} is still shared ({'; '.join(sharing)}): delete those first",
+                           shares=sharing)
         return self.submit("pool.destroy", pool.node, {"pool": name, "confirm": confirm})
 
     def expand_pool(self, name: str, disk_ids: list[str], balance: bool = True) -> dict[str, Any]:
@@ -235,7 +241,7 @@ class StorageService:
         get_volume(self.store, pool_name, name)
         sharing = shares_using(self.store, pool_name, name)
         if sharing:
-            raise Conflict(f"volume {name} is shared as {', '.join(sharing)}: delete those shares first",
+            raise Conflict(f"volume {name} is shared as {', '.join(sharing)}: delete those first",
                            shares=sharing)
         return self.submit("volume.delete", get_pool(self.store, pool_name).node,
                            {"pool": pool_name, "name": name, "confirm": confirm})

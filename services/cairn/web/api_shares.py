@@ -83,9 +83,10 @@ def delete_group(name: str):
 
 @bp.get("/shares")
 @bp.output(schemas.ShareListOut)
-@bp.doc(summary="Every share (SMB and NFS) of the cluster", security=SECURITY)
+@bp.doc(summary="Every share (SMB and NFS) of the cluster, each with whether its node serves it", security=SECURITY)
 def list_shares():
-    return {"shares": svc().shares()}
+    service = svc()
+    return {"shares": service.with_state(service.shares())}
 
 
 @bp.post("/shares")
@@ -99,9 +100,10 @@ def create_share(body: dict[str, Any]):
 
 @bp.get("/shares/<name>")
 @bp.output(schemas.ShareOut)
-@bp.doc(summary="One share", security=SECURITY)
+@bp.doc(summary="One share, with whether its node serves it", security=SECURITY)
 def get_share(name: str):
-    return svc().share(name)
+    service = svc()
+    return service.with_state([service.share(name)])[0]
 
 
 @bp.patch("/shares/<name>")

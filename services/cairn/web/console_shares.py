@@ -1,6 +1,7 @@
-"""Console page for file sharing: users, groups and shares on one page. Forms post here (CSRF-
-checked by the app's gate) and come back to the page; refusals show the error page with the reason.
-Changes are desired state (no job): the nodes apply them."""
+"""Console page for file sharing: shares, iSCSI targets, users and groups on one page. Forms post
+here (CSRF-checked by the app's gate) and come back to the page; refusals show the error page with
+the reason. Changes are desired state (no job): the nodes apply them, and the page shows what the
+nodes last reported (whether each share is served; each target's sessions and LUN usage)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from apiflask import APIBlueprint
 from flask import redirect, render_template, request, url_for
 
 from cairn.errors import ValidationError
+from cairn.shares.iscsi_service import IscsiService
 from cairn.shares.service import ShareService
 from cairn.storage.pools import list_pools, list_volumes
 from cairn.web.app import services
@@ -17,6 +19,10 @@ bp = APIBlueprint("shares_console", __name__, enable_openapi=False)
 
 def svc() -> ShareService:
     return ShareService(services()["store"])
+
+
+def iscsi() -> IscsiService:
+    return IscsiService(services()["store"])
 
 
 def back():
@@ -54,7 +60,7 @@ def shares():
     store = services()["store"]
     volumes = [(pool.name, volume.name) for pool in list_pools(store) for volume in list_volumes(store, pool.name)]
     return render_template("shares.html", users=service.users(), groups=service.groups(),
-                           shares=service.shares(), volumes=volumes)
+                           shares=service.with_state(service.shares()), targets=iscsi().targets(), volumes=volumes)
 
 
 @bp.post("/shares/users")
@@ -101,4 +107,44 @@ def create_share():
 @bp.post("/shares/<name>/delete")
 def delete_share(name: str):
     svc().delete_share(name)
+    return back()
+
+
+# --- iSCSI targets ----------------------------------------------------------------------------
+@bp.post("/shares/iscsi")
+def create_target():
+    pool, _, volume = request.form.get("volume", "").partition("/")
+    chap_user = request.form.get("chap_user", "").strip()
+    size = request.form.get("lun_size", "").strip()
+    body = {"name": request.form.get("name", ""), "pool": pool, "volume": volume,
+            "iqn": request.form.get("iqn", "").strip() or None,
+            "description": request.form.get("description", ""),
+            "initiators": request.form.get("initiators", "").replace(",", " ").split(),
+            "chap": {"user": chap_user, "password": request.form.get("chap_password", "")} if chap_user else None,
+            "luns": [{"size": size}] if size else []}
+    iscsi().create_target(body)
+    return back()
+
+
+@bp.post("/shares/iscsi/<name>/delete")
+def delete_target(name: str):
+    iscsi().delete_target(name, request.form.get("confirm"))
+    return back()
+
+
+@bp.post("/shares/iscsi/<name>/luns")
+def add_lun(name: str):
+    iscsi().add_lun(name, {"size": request.form.get("size", "").strip()})
+    return back()
+
+
+@bp.post("/shares/iscsi/<name>/luns/<lun>/grow")
+def grow_lun(name: str, lun: str):
+    iscsi().grow_lun(name, lun, {"size": request.form.get("size", "").strip()})
+    return back()
+
+
+@bp.post("/shares/iscsi/<name>/luns/<lun>/delete")
+def delete_lun(name: str, lun: str):
+    iscsi().delete_lun(name, lun, request.form.get("confirm"))
     return back()

@@ -4,7 +4,7 @@ is generated from these, and a meta-test checks that no field lacks a descriptio
 from __future__ import annotations
 
 from apiflask import Schema
-from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, String
+from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, String
 from apiflask.validators import Length, OneOf, Range
 
 from cairn.jobs.model import JobState
@@ -390,6 +390,15 @@ class SharePatchIn(Schema):
     permissions = List(Dict(metadata=d("{principal, access}")), metadata=d("Who may do what (replaces the list)"))
 
 
+class ShareStateOut(Schema):
+    state = String(validate=OneOf(["served", "pending", "error"]),
+                   metadata=d("served: the pool's node serves the share; pending: it has not applied it yet; "
+                              "error: it does not serve it and its last shares pass failed (see error)"))
+    node = String(allow_none=True,
+                  metadata=d("The node that owns the share's pool and serves it (null: no such pool)"))
+    error = String(allow_none=True, metadata=d("Why the node's last shares pass failed (state error), else null"))
+
+
 class ShareOut(Schema):
     name = String(metadata=d("Share name"))
     pool = String(metadata=d("Pool"))
@@ -399,6 +408,9 @@ class ShareOut(Schema):
     smb = Dict(allow_none=True, metadata=d("SMB settings, or null when not shared over SMB"))
     nfs = Dict(allow_none=True, metadata=d("NFS settings, or null when not exported"))
     permissions = List(Dict(metadata=d("{principal, access}")), metadata=d("Who may do what"))
+    state = Nested(ShareStateOut, metadata=d("Whether the share is served, from what its pool's node last "
+                                             "reported (GET responses only; a new share is pending until the "
+                                             "node's next pass)"))
 
 
 class ShareListOut(Schema):
@@ -411,10 +423,85 @@ class SharesConfigDoc(Schema):
     users = List(Dict(metadata=d("A user record with its NT hash")), load_default=list,
                  metadata=d("Users with their uids, groups and NT password hashes"))
     shares = List(Dict(metadata=d("A share record")), load_default=list, metadata=d("Shares with their settings"))
+    iscsi_targets = List(Dict(metadata=d("An iSCSI target record with its LUNs and CHAP password")),
+                         load_default=list, metadata=d("iSCSI targets (absent in documents from before iSCSI)"))
 
 
 class SharesImportOut(Schema):
     groups = Integer(metadata=d("Groups added"))
     users = Integer(metadata=d("Users added"))
     shares = Integer(metadata=d("Shares added"))
+    iscsi_targets = Integer(metadata=d("iSCSI targets added"))
     unchanged = Integer(metadata=d("Records that existed already, identical (skipped)"))
+
+
+# --- iSCSI ------------------------------------------------------------------------------------
+# Input fields are not marked required and take loose types where the checks in cairn.shares.iscsi
+# say more (sizes as bytes or "10G"): that way every problem is reported at once, by field path.
+class IscsiLunIn(Schema):
+    size = Raw(metadata=d("Size (required): whole bytes or a text like 512M, 10G or 2T (binary units); "
+                          "a multiple of 1 MiB, 1 MiB to 64 TiB. The file is sparse: space is used as data is written"))
+    lun = Integer(allow_none=True, metadata=d("LUN number 0-255 (default: the lowest free one)"))
+
+
+class IscsiLunGrowIn(Schema):
+    size = Raw(metadata=d("New size (required), bytes or like 20G: at least the current size (LUNs only grow)"))
+
+
+class IscsiLunOut(Schema):
+    lun = Integer(metadata=d("LUN number (0-255)"))
+    size = Integer(metadata=d("Size in bytes"))
+    serial = String(metadata=d("SCSI unit serial (32 hex digits), fixed at creation"))
+    file = String(metadata=d("The LUN's sparse file on the pool's node"))
+
+
+class IscsiTargetIn(Schema):
+    name = String(load_default=None, metadata=d("Target name (required): 1-63 of a-z, 0-9 and '-'"))
+    iqn = String(load_default=None, allow_none=True,
+                 metadata=d("Target IQN (default: iqn.2026-11.invalid.cairn:<name>); iqn., eui. or naa. form"))
+    pool = String(load_default=None, metadata=d("Pool of the volume holding the LUN files (required)"))
+    volume = String(load_default=None, metadata=d("Volume holding the LUN files (required)"))
+    description = String(load_default="", metadata=d("What the target is for"))
+    initiators = List(String(metadata=d("Initiator IQN")), load_default=None,
+                      metadata=d("iSCSI names of the initiators allowed to connect (at least one)"))
+    chap = Dict(load_default=None, allow_none=True,
+                metadata=d("CHAP or null: {user: 1-64 printable ASCII without spaces, password: 12-16 characters}"))
+    luns = List(Dict(metadata=d("{size[, lun]}")), load_default=list,
+                metadata=d("LUNs to make with the target: {size: bytes or like 10G, lun: optional number}"))
+
+
+class IscsiTargetPatchIn(Schema):
+    description = String(metadata=d("What the target is for"))
+    initiators = List(String(metadata=d("Initiator IQN")), metadata=d("Allowed initiators (replaces the list)"))
+    chap = Dict(allow_none=True, metadata=d("CHAP {user, password} or null to remove it; without a password the "
+                                            "current one stays"))
+    name = String(metadata=d("Fixed: a different value is refused"))
+    iqn = String(metadata=d("Fixed: a different value is refused"))
+    pool = String(metadata=d("Fixed: a different value is refused"))
+    volume = String(metadata=d("Fixed: a different value is refused"))
+    luns = Raw(metadata=d("Refused here: use /iscsi-targets/<name>/luns"))
+
+
+class IscsiChapOut(Schema):
+    user = String(metadata=d("CHAP user name"))
+    password_set = Boolean(metadata=d("A CHAP password is set (it is never shown)"))
+
+
+class IscsiTargetOut(Schema):
+    name = String(metadata=d("Target name"))
+    iqn = String(metadata=d("Target IQN, as initiators see it"))
+    pool = String(metadata=d("Pool of the LUN files"))
+    volume = String(metadata=d("Volume of the LUN files"))
+    description = String(metadata=d("What the target is for"))
+    luns = List(Nested(IscsiLunOut), metadata=d("LUNs, by number"))
+    initiators = List(String(metadata=d("Initiator IQN")), metadata=d("Initiators allowed to connect"))
+    chap = Nested(IscsiChapOut, allow_none=True, metadata=d("CHAP user (the password is never shown), or null"))
+    status = Dict(allow_none=True, metadata=d("What the pool's node last observed of the target, or null"))
+
+
+class IscsiTargetListOut(Schema):
+    targets = List(Nested(IscsiTargetOut), metadata=d("Every iSCSI target of the cluster"))
+
+
+class LunConfirmQuery(Schema):
+    confirm = String(metadata=d("Must repeat the LUN number: its data is deleted"))

@@ -1,0 +1,29 @@
+"""Writing generated files: atomically (a reader sees the old or the new content, never half),
+and only when the content changed (so "changed" can decide whether a daemon is reloaded)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def write_if_changed(path: str | Path, text: str, mode: int | None = None) -> bool:
+    """Atomic write, only when the content differs. Returns whether it wrote."""
+    target = Path(path)
+    if target.exists() and target.read_text() == text:
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".cairn-tmp")
+    tmp.write_text(text)
+    if mode is not None:
+        os.chmod(tmp, mode)
+    os.replace(tmp, target)
+    return True
+
+
+def read_text(path: str | Path) -> str | None:
+    """The file's text, or None when it does not exist."""
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        return None
