@@ -9,7 +9,9 @@ PORT ?= 8443
 # Every Debian package the tests and the dev stack need (one list).
 APT_PACKAGES := etcd-server etcd-client chromium python3-venv python3-dev btrfs-progs \
 	iproute2 util-linux fonts-dejavu-core ca-certificates samba-common-bin \
-	samba smbclient libnss-wrapper acl
+	samba smbclient libnss-wrapper acl \
+	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils ovmf \
+	libvirt-dev pkg-config gcc libxml2-utils
 
 .PHONY: test unit e2e dev bench deps apt venv clean
 
@@ -29,6 +31,7 @@ dev: deps
 bench: deps
 	$(PY) tests/bench/bench_api.py
 	$(PY) tests/bench/bench_storage.py
+	$(PY) tests/bench/bench_vms.py
 
 deps: $(STAMPS)/apt $(STAMPS)/venv
 

@@ -7,6 +7,8 @@ import contextlib
 import os
 import secrets
 import shutil
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +89,8 @@ def start_stack(base: Path, node: str = "node-a", storage: config_mod.StorageCon
     cfg = config_mod.Config(node_name=node, etcd_endpoints=tuple(etcd.endpoints), state_dir=base,
                             web=config_mod.WebConfig(bind=f"127.0.0.1:{port}", workers=2, threads=8),
                             storage=storage or config_mod.StorageConfig(),
-                            shares=share_sandbox(base / "shares"))
+                            shares=share_sandbox(base / "shares"),
+                            compute=config_mod.ComputeConfig(accel="tcg", log_dir=str(base / "vm-logs")))
     config_path = write_config(base / "cairn.toml", cfg)
     agent = start_agent(config_path, base / "agent.log")
     web = start_web(config_path, base / "web.log")
@@ -183,3 +186,49 @@ def storage_stack(base: Path, disks: int, size_mib: int, keep_logs=lambda: False
                     shutil.copy(log, keep / log.name)
             stack.stop()
         loops.close()
+
+
+LIBVIRT_SOCKET = Path("/run/libvirt/libvirt-sock")
+VM_BRIDGE = "cairnvmbr0"
+
+
+def virsh(*args: str, check: bool = True):
+    return Runner().run(["virsh", "-c", "qemu:///system", *args], check=check, timeout=60)
+
+
+@contextlib.contextmanager
+def libvirt_host(base: Path, domain_prefix: str):
+    """A running system libvirtd (started here, with /dev/kvm hidden, if none runs: tests/nokvm.py
+    says why) and a bridge VM_BRIDGE for the VMs' NICs. Yields a directory to put stacks in: a
+    shared mount, so pools their agents mount under it also appear in libvirtd's mount namespace,
+    and world-traversable (QEMU runs as libvirt-qemu). At the end every domain whose name starts
+    with `domain_prefix` is destroyed and undefined, and what was started here is stopped."""
+    runner = Runner()
+    mounts = Path(tempfile.mkdtemp(prefix="cairn-vmhost-"))
+    os.chmod(mounts, 0o755)
+    runner.run(["mount", "--bind", str(mounts), str(mounts)])
+    runner.run(["mount", "--make-shared", str(mounts)])
+    started: list[Daemon] = []
+    try:
+        if not LIBVIRT_SOCKET.exists():
+            qemu_conf = base / "qemu.conf"
+            qemu_conf.write_text("namespaces = []\n")     # libvirt's per-VM /dev cannot carry the hidden kvm
+            for daemon in ("virtlogd", "libvirtd"):
+                started.append(runner.spawn([sys.executable, str(ROOT / "tests" / "nokvm.py"), "--bind",
+                                             f"{qemu_conf}:/etc/libvirt/qemu.conf", daemon],
+                                            log_path=base / f"{daemon}.log"))
+            wait_until(lambda: virsh("version", check=False).ok, 60, "libvirtd to answer", interval=0.5)
+        runner.run(["ip", "link", "add", VM_BRIDGE, "type", "bridge"], check=False)
+        runner.run(["ip", "link", "set", VM_BRIDGE, "up"])
+        yield mounts
+    finally:
+        if LIBVIRT_SOCKET.exists():
+            for name in virsh("list", "--all", "--name", check=False).stdout.split():
+                if name.startswith(domain_prefix):
+                    virsh("destroy", name, check=False)
+                    virsh("undefine", name, "--nvram", check=False)
+        runner.run(["ip", "link", "del", VM_BRIDGE], check=False)
+        for daemon in reversed(started):
+            daemon.stop()
+        runner.run(["umount", "--lazy", str(mounts)], check=False)
+        shutil.rmtree(mounts, ignore_errors=True)

@@ -17,6 +17,10 @@
     nfs = true                                  # serve NFS (hosts without nfsd: false)
     samba_include = ""                          # a file of extra [global] settings (tests: ports, dirs)
     workgroup = "WORKGROUP"
+    [compute]
+    libvirt_uri = "qemu:///system"
+    accel = "auto"                              # kvm, tcg, or auto: kvm where libvirt offers it
+    log_dir = "/var/log/cairn/vms"              # VMs' serial console logs
 
 Written by the image (or the dev stack); read by cairn-agent and cairn-web at start.
 """
@@ -58,6 +62,13 @@ class SharesConfig:
 
 
 @dataclass(frozen=True)
+class ComputeConfig:
+    libvirt_uri: str = "qemu:///system"
+    accel: str = "auto"
+    log_dir: str = "/var/log/cairn/vms"
+
+
+@dataclass(frozen=True)
 class Config:
     node_name: str
     etcd_endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
@@ -66,12 +77,13 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     shares: SharesConfig = field(default_factory=SharesConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
 
 def parse(data: dict, default_node_name: str) -> Config:
     """Config from parsed TOML. All problems are reported at once, by key."""
     problems: dict[str, str] = {}
-    known = {"node_name", "etcd_endpoints", "state_dir", "store_root", "web", "storage", "shares"}
+    known = {"node_name", "etcd_endpoints", "state_dir", "store_root", "web", "storage", "shares", "compute"}
     for key in data:
         if key not in known:
             problems[key] = "unknown setting"
@@ -122,12 +134,24 @@ def parse(data: dict, default_node_name: str) -> Config:
                 problems["shares.etc_root"] = "must be an absolute path"
             if shares.service_manager not in ("systemd", "none"):
                 problems["shares.service_manager"] = "must be systemd or none"
+    compute_data = data.get("compute", {})
+    compute = ComputeConfig()
+    if not isinstance(compute_data, dict):
+        problems["compute"] = "must be a table"
+    else:
+        try:
+            compute = ComputeConfig(**compute_data)
+        except TypeError as exc:
+            problems["compute"] = str(exc)
+        else:
+            if compute.accel not in ("auto", "kvm", "tcg"):
+                problems["compute.accel"] = "must be auto, kvm or tcg"
     if problems:
         raise ValidationError(problems, "bad configuration: " + "; ".join(
             f"{k}: {v}" for k, v in sorted(problems.items())))
     return Config(node_name=node_name, etcd_endpoints=tuple(endpoints),
                   state_dir=Path(data.get("state_dir", "/var/lib/cairn")), store_root=root, web=web,
-                  storage=storage, shares=shares)
+                  storage=storage, shares=shares, compute=compute)
 
 
 def load(path: str | None = None) -> Config:
@@ -161,4 +185,8 @@ def dump(config: Config) -> str:
         f"nfs = {'true' if config.shares.nfs else 'false'}\n"
         f'samba_include = "{config.shares.samba_include}"\n'
         f'workgroup = "{config.shares.workgroup}"\n'
+        "[compute]\n"
+        f'libvirt_uri = "{config.compute.libvirt_uri}"\n'
+        f'accel = "{config.compute.accel}"\n'
+        f'log_dir = "{config.compute.log_dir}"\n'
     )

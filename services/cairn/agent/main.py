@@ -8,6 +8,7 @@ Loops (threads):
   - share-watch, iscsi-watch: apply shares / iSCSI targets at once when their records change, so
     a new share or LUN is served within a second or so instead of at the next reconcile pass;
   - storage: publishes pool status and runs snapshot schedules every STORAGE_INTERVAL seconds;
+  - vms: publishes the state of this node's VMs every VM_INTERVAL seconds (and after VM jobs);
   - smart: reads every disk's SMART each storage.smart_interval seconds, events on degradation.
 At start, jobs that were `running` on this node are marked failed: the agent that ran them is gone.
 If the node lease is lost (the store was unreachable longer than its TTL), a new one is granted.
@@ -30,11 +31,13 @@ from cairn.jobs import registry
 from cairn.jobs.executor import Executor
 from cairn.jobs.service import JobService
 from cairn.runner import Runner
+from cairn.compute import jobs as compute_jobs
+from cairn.compute.vms import list_vms
 from cairn.shares.apply import ShareApplier
 from cairn.shares.lio import LioApplier
 from cairn.storage import disks
 from cairn.storage.monitor import PoolMounts, StorageMonitor
-from cairn.storage.pools import pools_by_uuid
+from cairn.storage.pools import list_pools, pools_by_uuid
 from cairn.system.inventory import read_inventory
 
 log = logging.getLogger("cairn.agent")
@@ -43,6 +46,7 @@ HEARTBEAT_INTERVAL = 2.0
 DISK_REFRESH_INTERVAL = 30.0
 RECONCILE_INTERVAL = 30.0
 STORAGE_INTERVAL = 30.0
+VM_INTERVAL = 5.0
 ORPHAN_REASON = "cairn-agent stopped while the job was running (the job was interrupted)"
 
 
@@ -98,10 +102,21 @@ class Agent:
         return self._disks
 
     def _after_job(self, job) -> None:
-        """A job may have changed what uses the disks: publish the inventory before the job ends."""
+        """A job may have changed what uses the disks, or a VM: publish before the job ends."""
         if job.kind.startswith(("pool.", "disk.", "raid.")):
             self._disks_at = float("-inf")
             self.heartbeat_once()
+        if job.kind.startswith("vm."):
+            self.observe_vms()
+            if job.kind in ("vm.create", "vm.clone", "vm.restore", "vm.delete", "vm.snapshot"):
+                for pool in list_pools(self.store):          # the VMs' space on their pools
+                    if pool.node == self.node and pool.state == "online":
+                        self.monitor.storage.publish_status(pool)
+
+    def observe_vms(self) -> None:
+        """vm-status/<name> of this node's VMs (libvirt is only asked when the node has VMs)."""
+        if any(vm.node == self.node for vm in list_vms(self.store)):
+            compute_jobs.backend(self.runner, self.store, self.node, self.cfg).observe()
 
     # --- loops -------------------------------------------------------------------------------
     def _loop(self, name: str, interval: float, step) -> None:
@@ -174,6 +189,8 @@ class Agent:
                              daemon=True),
             threading.Thread(target=self._loop, args=("storage", STORAGE_INTERVAL, self.monitor.observe_pools),
                              name="storage", daemon=True),
+            threading.Thread(target=self._loop, args=("vms", VM_INTERVAL, self.observe_vms), name="vms",
+                             daemon=True),
             threading.Thread(target=self._loop, args=("smart", self.cfg.storage.smart_interval,
                                                       self.monitor.poll_smart), name="smart", daemon=True),
         ]

@@ -9,6 +9,7 @@
     cairnctl disk|raid|pool|volume|snapshot ...   (storage: see cairn/cli/storage.py)
     cairnctl user|group|share ...                  (shares: see cairn/cli/shares.py)
     cairnctl iscsi ...                             (iSCSI targets: see cairn/cli/iscsi.py)
+    cairnctl vm ...                                (virtual machines: see cairn/cli/vms.py)
 
 The login is kept in ~/.config/cairn/cli.json (mode 0600): URL, CA file and bearer token.
 Exit codes: 0 ok, 1 the API refused (message printed), 2 bad usage, 3 cannot reach the server.
@@ -27,7 +28,7 @@ from typing import Any
 
 import requests
 
-from cairn.cli import iscsi, shares, storage
+from cairn.cli import iscsi, shares, storage, vms
 from cairn.cli.output import render_job, show, table
 
 DEFAULT_URL = "https://127.0.0.1:8443"
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     storage.add_parsers(sub)
     shares.add_parsers(sub)
     iscsi.add_parsers(sub)
+    vms.add_parsers(sub)
 
     job = sub.add_parser("job", help="jobs").add_subparsers(dest="action", required=True)
     job_list = job.add_parser("list", help="list jobs, newest first")

@@ -49,7 +49,7 @@ __all__ = [
     "LABEL_MAX", "PROFILES", "QUICK", "Qgroup", "REPLACE_STATES", "ReplaceStatus", "SCRUB_STATES",
     "SETTLE", "SLOW", "ScrubStatus", "Subvolume", "Usage", "balance_cancel", "balance_start",
     "balance_start_argv", "balance_status", "device_add", "device_add_argv", "device_remove",
-    "device_remove_argv", "device_stats", "mkfs", "mkfs_argv", "mount", "mount_argv",
+    "device_remove_argv", "device_stats", "filesystem_sync", "filesystem_sync_argv", "mkfs", "mkfs_argv", "mount", "mount_argv",
     "parse_balance_status", "parse_device_stats", "parse_device_usage", "parse_mkfs_uuid",
     "parse_qgroup_show", "parse_replace_status", "parse_scrub_status", "parse_show",
     "parse_subvolume_list", "parse_usage", "qgroup_limit", "qgroup_limit_argv", "qgroup_show",
@@ -255,6 +255,7 @@ scrub_cancel_argv = _at_mountpoint("btrfs", "scrub", "cancel")
 balance_status_argv = _at_mountpoint("btrfs", "balance", "status")
 balance_cancel_argv = _at_mountpoint("btrfs", "balance", "cancel")
 quota_enable_argv = _at_mountpoint("btrfs", "quota", "enable")
+filesystem_sync_argv = _at_mountpoint("btrfs", "filesystem", "sync")
 # Text rather than --format json: btrfs-progs 6.2 aborts in pretty_size_mode() on that.
 qgroup_show_argv = _at_mountpoint("btrfs", "qgroup", "show", "--raw", "-re")
 subvolume_create_argv = _at_path("btrfs", "subvolume", "create")
@@ -462,6 +463,11 @@ def subvolume_list(runner, mountpoint: str) -> list[Subvolume]:
 
 def set_readonly(runner, path: str, readonly: bool) -> None:
     _run(runner, set_readonly_argv(path, readonly))
+
+
+def filesystem_sync(runner, mountpoint: str) -> None:
+    """Commit the running transaction: quota group figures are only updated at a commit."""
+    _run(runner, filesystem_sync_argv(mountpoint), SLOW)
 
 
 def quota_enable(runner, mountpoint: str) -> None:

@@ -23,6 +23,7 @@ from cairn.storage import btrfs, disks, model
 POOLS = "pools/"
 POOL_STATUS = "pool-status/"
 VOLUMES = "volumes/"
+VMS_SUBDIR = "vms"                 # <pool>/vms/<vm>: VM subvolumes (cairn.compute.model.VMS_DIR)
 
 
 def parse_mounts(text: str) -> dict[str, tuple[str, str, str]]:
@@ -506,13 +507,16 @@ class Storage:
             "errors" if any(d["errors"] for d in devices) else "online")
         status["scrub"] = asdict(btrfs.scrub_status(self.runner, path))
         status["balance"] = asdict(btrfs.balance_status(self.runner, path))
-        status["volumes"] = self._observe_volumes(pool)
+        # Space of each VM's subvolume too: referenced (all its data) and exclusive (what only it
+        # holds: a fresh clone shares everything with its source, so its exclusive space is ~0).
+        status["volumes"], status["vms"] = self._observe_volumes(pool)
         return status
 
-    def _observe_volumes(self, pool: model.Pool) -> list[dict[str, Any]]:
+    def _observe_volumes(self, pool: model.Pool) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
         path = self.path(pool.name)
         subvolumes = {s.path: s for s in btrfs.subvolume_list(self.runner, path)}
         try:
+            btrfs.filesystem_sync(self.runner, path)      # qgroup figures as of now, not the last commit
             qgroups = {q.qgroupid: q for q in btrfs.qgroup_show(self.runner, path)}
         except CairnError:
             qgroups = {}
@@ -541,7 +545,9 @@ class Storage:
             volumes.append({"name": volume.name, "quota_bytes": volume.quota_bytes,
                             "present": volume.name in subvolumes, **space(volume.name),
                             "snapshots": snapshots})
-        return volumes
+        vms = {rel.split("/", 1)[1]: space(rel) for rel in subvolumes
+               if rel.startswith(f"{VMS_SUBDIR}/") and rel.count("/") == 1}
+        return volumes, vms
 
     def publish_status(self, pool: model.Pool) -> dict[str, Any]:
         status = self.observe(pool)

@@ -60,14 +60,17 @@ def create_app(cfg: Config, store: Store | None = None) -> APIFlask:
     registry.load_all()
     _load_secret_key(app)
 
-    from cairn.web import api, api_iscsi, api_shares, api_storage, console, console_shares, console_storage
+    from cairn.web import (api, api_iscsi, api_shares, api_storage, api_vms, console, console_shares,
+                           console_storage, console_vms)
     app.register_blueprint(api.bp, url_prefix=API_PREFIX)
     app.register_blueprint(api_storage.bp, url_prefix=API_PREFIX)
     app.register_blueprint(api_shares.bp, url_prefix=API_PREFIX)
     app.register_blueprint(api_iscsi.bp, url_prefix=API_PREFIX)
+    app.register_blueprint(api_vms.bp, url_prefix=API_PREFIX)
     app.register_blueprint(console.bp)
     app.register_blueprint(console_storage.bp)
     app.register_blueprint(console_shares.bp)
+    app.register_blueprint(console_vms.bp)
     app.before_request(_check_json_body)
     app.before_request(_gate)
     _install_error_handlers(app)

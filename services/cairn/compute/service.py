@@ -1,0 +1,153 @@
+"""VMs as the API and the console ask for them: checked (model.py), written to the store, and
+turned into jobs on the VM's node (jobs.py). This module never runs a command.
+
+A new VM's record and its MAC claims are written in one transaction before its vm.create job is
+queued; the job removes them again if the VM cannot be made. Lifecycle requests are jobs too, so
+two requests on one VM run one after the other (lock vm:<name>). What the API reports as a VM's
+state comes from vm-status/<name>, written by the VM node's agent.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Any
+
+from cairn.cluster import nodes
+from cairn.cluster.store import Put, Store, absent
+from cairn.compute import model
+from cairn.compute.jobs import SNAPSHOT_NAME
+from cairn.compute.vms import MACS, VM_STATUS, VMS, get_vm, list_vms
+from cairn.errors import Conflict, NotFound, ValidationError
+from cairn.jobs.service import JobService
+from cairn.storage.pools import POOL_STATUS, get_pool
+
+RUNNING = {"running", "paused", "blocked", "pmsuspended"}
+LIFECYCLE = {"start": "vm.start", "stop": "vm.stop", "poweroff": "vm.poweroff", "reboot": "vm.reboot",
+             "pause": "vm.pause", "resume": "vm.resume"}
+
+
+class VmService:
+    def __init__(self, store: Store, jobs: JobService) -> None:
+        self.store = store
+        self.jobs = jobs
+
+    def submit(self, kind: str, node: str, params: dict[str, Any]) -> dict[str, Any]:
+        return self.jobs.submit(kind, node, params).to_dict()
+
+    # --- reading -----------------------------------------------------------------------------
+    def status(self, name: str) -> dict[str, Any]:
+        return self.store.get(VM_STATUS + name) or {}
+
+    def view(self, vm: model.Vm) -> dict[str, Any]:
+        space = ((self.store.get(POOL_STATUS + vm.pool) or {}).get("vms") or {}).get(vm.name)
+        return {**vm.to_dict(), "status": self.store.get(VM_STATUS + vm.name), "space": space}
+
+    def vms(self) -> list[dict[str, Any]]:
+        return [self.view(vm) for vm in sorted(list_vms(self.store), key=lambda v: v.name)]
+
+    def vm(self, name: str) -> dict[str, Any]:
+        return self.view(get_vm(self.store, name))
+
+    def running(self, name: str) -> bool:
+        return self.status(name).get("state") in RUNNING
+
+    def capacity(self, node: str) -> model.Capacity:
+        for record in nodes.list_nodes(self.store):
+            if record["name"] == node:
+                return model.Capacity(int(record.get("cpus") or 1), int(record.get("memory_total") or 0) >> 20)
+        raise ValidationError({"node": f"no node named {node!r}"})
+
+    # --- create ------------------------------------------------------------------------------
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Check, write the record with its MAC claims, queue vm.create on the pool's node."""
+        if not isinstance(body, dict):
+            raise ValidationError({"vm": "must be an object"})
+        pool_name = body.get("pool")
+        try:
+            pool = get_pool(self.store, pool_name) if isinstance(pool_name, str) else None
+        except NotFound:
+            raise ValidationError({"pool": f"no pool named {pool_name!r}"}) from None
+        node = pool.node if pool else (body.get("node") or "")
+        if pool and body.get("node") not in (None, pool.node):
+            raise ValidationError({"node": f"pool {pool.name} is on node {pool.node}: its VMs run there "
+                                           "(for now: VMs run where their disks are)"})
+        capacity = self.capacity(node) if pool else model.Capacity(1 << 10, 1 << 30)
+        taken = [vm.name for vm in list_vms(self.store)]
+        if isinstance(body.get("name"), str) and body["name"] in taken:
+            raise Conflict(f"a VM named {body['name']!r} exists already", vm=body["name"])
+        macs = [e.key[len(MACS):] for e in self.store.list(MACS)]
+        vm = model.check_vm(body, node=node, capacity=capacity, taken_names=taken, taken_macs=macs,
+                            new_uuid=lambda: str(uuid.uuid4()), random_bytes=os.urandom, now=time.time())
+        compares = [absent(VMS + vm.name)] + [absent(MACS + nic.mac) for nic in vm.nics]
+        puts = [Put(VMS + vm.name, vm.to_dict())] + [Put(MACS + nic.mac, {"vm": vm.name}) for nic in vm.nics]
+        if not self.store.txn(compares, puts):
+            raise Conflict(f"VM name {vm.name!r} or one of its MAC addresses was taken meanwhile; try again")
+        job = self.submit("vm.create", vm.node, {"vm": vm.name})
+        return {"vm": self.view(vm), "job": job}
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def action(self, name: str, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        vm = get_vm(self.store, name)
+        kind = LIFECYCLE.get(action)
+        if kind is None:
+            raise ValidationError({"action": f"must be one of {', '.join(sorted(LIFECYCLE))}"})
+        params: dict[str, Any] = {"vm": name}
+        if action == "stop":
+            body = body or {}
+            params.update({key: body[key] for key in ("timeout", "force") if key in body})
+        return self.submit(kind, vm.node, params)
+
+    def delete(self, name: str, keep_disks: bool = False, force: bool = False) -> dict[str, Any]:
+        vm = get_vm(self.store, name)
+        if self.running(name) and not force:
+            raise Conflict(f"VM {name} is running: shut it down first, or delete with force=true")
+        return self.submit("vm.delete", vm.node, {"vm": name, "keep_disks": keep_disks, "force": force})
+
+    # --- clones, snapshots, restores -------------------------------------------------------------
+    def clone(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        vm = get_vm(self.store, name)
+        if self.running(name):
+            raise Conflict(f"VM {name} is running: a running VM is cloned from one of its snapshots "
+                           "(take a snapshot, then restore it as a new VM), or shut it down first")
+        taken = {v.name for v in list_vms(self.store)}
+        names = body.get("names")
+        count = body.get("count")
+        if names is None:
+            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100:
+                raise ValidationError({"count": "give names, or a count from 1 to 100"})
+            names = model.clone_names(body.get("base") or name, count, taken)
+        clash = sorted(set(names) & taken) if isinstance(names, list) else []
+        if clash:
+            raise Conflict(f"VM names taken already: {', '.join(clash)}", names=clash)
+        return self.submit("vm.clone", vm.node, {"vm": name, "names": names})
+
+    def snapshot(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        vm = get_vm(self.store, name)
+        snapshot = body.get("name") or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        if not isinstance(snapshot, str) or not SNAPSHOT_NAME.match(snapshot):
+            raise ValidationError({"name": "snapshot name: 1-64 of letters, digits, '.', '_' and '-'"})
+        if snapshot in (self.status(name).get("snapshots") or []):
+            raise Conflict(f"VM {name} has a snapshot named {snapshot!r} already")
+        return self.submit("vm.snapshot", vm.node, {"vm": name, "snapshot": snapshot})
+
+    def delete_snapshot(self, name: str, snapshot: str) -> dict[str, Any]:
+        vm = get_vm(self.store, name)
+        return self.submit("vm.snapshot-delete", vm.node, {"vm": name, "snapshot": snapshot})
+
+    def revert(self, name: str, snapshot: str) -> dict[str, Any]:
+        vm = get_vm(self.store, name)
+        if self.running(name):
+            raise Conflict(f"VM {name} is running: shut it down before reverting it")
+        return self.submit("vm.revert", vm.node, {"vm": name, "snapshot": snapshot})
+
+    def restore(self, name: str, snapshot: str, body: dict[str, Any]) -> dict[str, Any]:
+        vm = get_vm(self.store, name)
+        new = body.get("name")
+        problem = model.name_problem(new, [v.name for v in list_vms(self.store)])
+        if problem:
+            if isinstance(new, str) and "exists already" in problem:
+                raise Conflict(problem, vm=new)
+            raise ValidationError({"name": problem})
+        return self.submit("vm.restore", vm.node, {"vm": name, "snapshot": snapshot, "name": new})

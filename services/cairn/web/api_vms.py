@@ -1,0 +1,107 @@
+"""/api/v1 routes for virtual machines. Thin: schemas in, VmService (cairn.compute.service) checks,
+writes the records and queues the jobs that the VM's node runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apiflask import APIBlueprint
+
+from cairn.compute.service import VmService
+from cairn.web import schemas, schemas_vms as vs
+from cairn.web.app import services
+
+bp = APIBlueprint("vms", __name__, tag="Virtual machines")
+SECURITY = ["token", "session"]
+
+
+def svc() -> VmService:
+    return VmService(services()["store"], services()["jobs"])
+
+
+@bp.get("/vms")
+@bp.output(vs.VmListOut)
+@bp.doc(summary="VMs of the cluster with their last observed state", security=SECURITY)
+def list_vms():
+    return {"vms": svc().vms()}
+
+
+@bp.post("/vms")
+@bp.input(vs.VmCreateIn, arg_name="body")
+@bp.output(schemas.JobOut, status_code=202)
+@bp.doc(summary="Create a VM on its pool's node (a job: subvolume, thin disks, libvirt domain)", security=SECURITY,
+        responses={202: "Job queued", 400: "Bad input (e.g. more memory than the node has)",
+                   409: "The name or a MAC address is taken"})
+def create_vm(body: dict[str, Any]):
+    return svc().create(body)["job"]
+
+
+@bp.get("/vms/<name>")
+@bp.output(vs.VmOut)
+@bp.doc(summary="One VM", security=SECURITY)
+def get_vm(name: str):
+    return svc().vm(name)
+
+
+@bp.delete("/vms/<name>")
+@bp.input(vs.VmDeleteQuery, location="query", arg_name="query")
+@bp.output(schemas.JobOut, status_code=202)
+@bp.doc(summary="Delete a VM with its disks and snapshots (or keep the disks)", security=SECURITY,
+        responses={202: "Job queued", 409: "The VM is running (use force=true)"})
+def delete_vm(name: str, query: dict[str, Any]):
+    return svc().delete(name, query["keep_disks"], query["force"])
+
+
+@bp.post("/vms/<name>/actions/<action>")
+@bp.input(vs.VmStopIn, arg_name="body")
+@bp.output(schemas.JobOut, status_code=202)
+@bp.doc(summary="start, stop (ACPI, then optionally power off), poweroff, reboot, pause or resume", security=SECURITY)
+def vm_action(name: str, action: str, body: dict[str, Any]):
+    return svc().action(name, action, body)
+
+
+@bp.post("/vms/<name>/clones")
+@bp.input(vs.VmCloneIn, arg_name="body")
+@bp.output(schemas.JobOut, status_code=202)
+@bp.doc(summary="Clone a stopped VM N times: reflink copies with new names, MACs and UUIDs", security=SECURITY,
+        responses={202: "Job queued", 409: "The VM is running (clone from a snapshot), or a name is taken"})
+def clone_vm(name: str, body: dict[str, Any]):
+    return svc().clone(name, body)
+
+
+@bp.get("/vms/<name>/snapshots")
+@bp.output(vs.VmSnapshotListOut)
+@bp.doc(summary="The VM's snapshots (as its node last reported)", security=SECURITY)
+def list_snapshots(name: str):
+    return {"snapshots": (svc().vm(name).get("status") or {}).get("snapshots") or []}
+
+
+@bp.post("/vms/<name>/snapshots")
+@bp.input(vs.VmSnapshotIn, arg_name="body")
+@bp.output(schemas.JobOut, status_code=202)
+@bp.doc(summary="Snapshot the VM's disks and definition (quiesced when a guest agent answers)", security=SECURITY)
+def snapshot_vm(name: str, body: dict[str, Any]):
+    return svc().snapshot(name, body)
+
+
+@bp.delete("/vms/<name>/snapshots/<snapshot>")
+@bp.output(schemas.JobOut, status_code=202)
+@bp.doc(summary="Delete a snapshot of the VM", security=SECURITY)
+def delete_snapshot(name: str, snapshot: str):
+    return svc().delete_snapshot(name, snapshot)
+
+
+@bp.post("/vms/<name>/snapshots/<snapshot>/revert")
+@bp.output(schemas.JobOut, status_code=202)
+@bp.doc(summary="Put the (stopped) VM's disks back as they were in the snapshot", security=SECURITY)
+def revert_vm(name: str, snapshot: str):
+    return svc().revert(name, snapshot)
+
+
+@bp.post("/vms/<name>/snapshots/<snapshot>/restore")
+@bp.input(vs.VmRestoreIn, arg_name="body")
+@bp.output(schemas.JobOut, status_code=202)
+@bp.doc(summary="Restore the snapshot as a new VM (reflink copy: costs only what changes later)",
+        security=SECURITY, responses={202: "Job queued", 409: "The name is taken"})
+def restore_snapshot(name: str, snapshot: str, body: dict[str, Any]):
+    return svc().restore(name, snapshot, body)

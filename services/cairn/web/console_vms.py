@@ -1,0 +1,95 @@
+"""Console pages for virtual machines: every VM of the cluster on one page (with the New VM form),
+and a page per VM with its settings and snapshots. Forms post here (CSRF-checked by the app's
+gate) and go through VmService, as the API does; every change is a job, and the browser is sent
+to the job's page to watch it. Refusals (400/404/409 from VmService) show the error page with the
+reason. What a VM is doing (state, accelerator, snapshots) is what its node's agent last wrote."""
+
+from __future__ import annotations
+
+import re
+
+from apiflask import APIBlueprint
+from flask import redirect, render_template, request, url_for
+
+from cairn.compute import model
+from cairn.compute.service import LIFECYCLE, RUNNING, VmService
+from cairn.errors import ValidationError
+from cairn.storage.pools import list_pools
+from cairn.web.app import services
+
+bp = APIBlueprint("vms_console", __name__, enable_openapi=False)
+
+
+def svc() -> VmService:
+    return VmService(services()["store"], services()["jobs"])
+
+
+def to_job(job: dict):
+    return redirect(url_for("console.job_detail", job_id=job["id"]))
+
+
+def form_int(name: str, default: int) -> int:
+    value = request.form.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit():
+        raise ValidationError({name: "must be a whole number"})
+    return int(value)
+
+
+def new_vm_body() -> dict:
+    """The New VM form as VmService.create takes it (which checks every field at once)."""
+    sizes = [s for s in re.split(r"[\s,]+", request.form.get("disks", "")) if s]
+    body = {"name": request.form.get("name", "").strip(), "pool": request.form.get("pool", ""),
+            "vcpus": form_int("vcpus", 1), "memory_mib": form_int("memory_mib", 1024),
+            "firmware": request.form.get("firmware", "uefi"),
+            "disks": [{"size": size} for size in sizes or ["20G"]],
+            "nics": [{"bridge": request.form.get("bridge", "").strip() or "br0"}],
+            "autostart": bool(request.form.get("autostart"))}
+    iso = request.form.get("iso", "").strip()
+    if iso:
+        body["cdrom"] = iso
+    return body
+
+
+@bp.get("/vms")
+def vms():
+    return render_template("vms.html", vms=svc().vms(), pools=[p.name for p in list_pools(services()["store"])],
+                           firmwares=model.FIRMWARE, running=RUNNING)
+
+
+@bp.post("/vms")
+def create_vm():
+    return to_job(svc().create(new_vm_body())["job"])
+
+
+@bp.get("/vms/<name>")
+def vm(name: str):
+    return render_template("vm.html", vm=svc().vm(name), running=RUNNING)
+
+
+@bp.post("/vms/<name>/<action>")
+def vm_action(name: str, action: str):
+    service = svc()
+    if action in LIFECYCLE:
+        return to_job(service.action(name, action, {}))
+    if action == "clone":
+        return to_job(service.clone(name, {"count": form_int("count", 1)}))
+    if action == "delete":
+        return to_job(service.delete(name, keep_disks=bool(request.form.get("keep_disks")),
+                                     force=bool(request.form.get("force"))))
+    if action == "snapshot":
+        return to_job(service.snapshot(name, {"name": request.form.get("snapshot_name", "").strip() or None}))
+    raise ValidationError({"action": f"unknown VM action {action!r}"})
+
+
+@bp.post("/vms/<name>/snapshots/<snapshot>/<action>")
+def snapshot_action(name: str, snapshot: str, action: str):
+    service = svc()
+    if action == "revert":
+        return to_job(service.revert(name, snapshot))
+    if action == "restore":
+        return to_job(service.restore(name, snapshot, {"name": request.form.get("new_name", "").strip()}))
+    if action == "delete":
+        return to_job(service.delete_snapshot(name, snapshot))
+    raise ValidationError({"action": f"unknown snapshot action {action!r}"})

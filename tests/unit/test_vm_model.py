@@ -1,0 +1,80 @@
+"""The VM record's pure checks: names, capacity of the node (said in the message), disk sizes,
+MACs in QEMU's range and unique in the cluster, numbered clone names, and a clone's new identity."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from cairn.compute import model
+from cairn.errors import ValidationError
+
+NODE = model.Capacity(cpus=4, memory_mib=8192)
+
+
+def counter_bytes():
+    numbers = itertools.count(1)
+    return lambda n: next(numbers).to_bytes(n, "big")
+
+
+def check(body: dict, taken_names=(), taken_macs=()) -> model.Vm:
+    return model.check_vm(body, node="node-a", capacity=NODE, taken_names=taken_names, taken_macs=taken_macs,
+                          new_uuid=lambda: "uuid-1", random_bytes=counter_bytes(), now=100.0)
+
+
+def test_defaults_give_a_one_disk_one_nic_uefi_vm_with_a_named_cpu():
+    vm = check({"name": "web", "pool": "tank"})
+    assert vm == model.Vm("web", "uuid-1", "node-a", "tank", 1, 1024, "uefi", "Nehalem",
+                          (model.Disk("disk0", 20 << 30),), (model.Nic("52:54:00:00:00:01", "br0"),),
+                          None, False, "", {}, 100.0)
+
+
+def test_every_problem_is_reported_at_once_with_what_the_node_has():
+    with pytest.raises(ValidationError) as refused:
+        check({"name": "-bad", "pool": "Tank!", "vcpus": 8, "memory_mib": 8000, "firmware": "coreboot",
+               "cpu_model": "host", "disks": [{"size": "1.5M"}, {"size": 0}], "nics": [{"mac": "00:11:22:33:44:55"}],
+               "cdrom": "debian.iso", "autostart": "yes", "colour": "blue"})
+    fields = refused.value.fields
+    assert set(fields) == {"name", "pool", "vcpus", "memory_mib", "firmware", "cpu_model", "disks[0].size",
+                           "disks[1].size", "nics[0].mac", "cdrom", "autostart", "colour"}
+    assert fields["vcpus"] == "node node-a has 4 CPUs; a VM can have at most 4 vCPUs"
+    assert fields["memory_mib"] == ("node node-a has 8192 MiB of memory, 7168 MiB of it available to VMs "
+                                    "(1024 MiB stay with the node)")
+    assert "named models keep VMs movable" in fields["cpu_model"]
+
+
+def test_names_and_macs_taken_elsewhere_are_refused():
+    with pytest.raises(ValidationError) as refused:
+        check({"name": "web", "pool": "tank", "nics": [{"mac": "52:54:00:AA:BB:CC"}]}, taken_names=["web"],
+              taken_macs=["52:54:00:aa:bb:cc"])
+    assert refused.value.fields == {"name": "a VM named 'web' exists already",
+                                    "nics[0].mac": "52:54:00:aa:bb:cc is used by another VM"}
+
+
+def test_new_macs_skip_taken_ones():
+    assert model.new_mac(counter_bytes(), {"52:54:00:00:00:01"}) == "52:54:00:00:00:02"
+
+
+def test_clone_names_are_numbered_past_taken_ones_and_too_long_bases_are_refused():
+    assert model.clone_names("web", 3, {"web", "web-2"}) == ["web-1", "web-3", "web-4"]
+    with pytest.raises(ValidationError):
+        model.clone_names("x" * 62, 1, ())
+
+
+def test_a_clone_keeps_the_hardware_and_gets_a_new_identity():
+    source = check({"name": "web", "pool": "tank", "nics": [{}, {"bridge": "br1"}], "cdrom": "/iso/d.iso",
+                    "autostart": True})
+    copy = model.cloned(source, "web-1", new_uuid=lambda: "uuid-2", macs=["52:54:00:00:00:09", "52:54:00:00:00:0a"],
+                        now=200.0, origin={"clone_of": "web"})
+    assert (copy.name, copy.uuid, [n.mac for n in copy.nics], [n.bridge for n in copy.nics]) == \
+        ("web-1", "uuid-2", ["52:54:00:00:00:09", "52:54:00:00:00:0a"], ["br0", "br1"])
+    assert (copy.disks, copy.vcpus, copy.memory_mib, copy.cdrom, copy.autostart, copy.origin) == \
+        (source.disks, 1, 1024, None, False, {"clone_of": "web"})
+    with pytest.raises(ValueError):
+        model.cloned(source, "web-2", new_uuid=lambda: "u", macs=["52:54:00:00:00:0b"], now=0, origin={})
+
+
+def test_paths_put_each_vm_in_its_own_subvolume_and_snapshots_beside_the_volumes():
+    assert model.disk_path("/pools", "tank", "web", "disk0") == "/pools/tank/vms/web/disk0.raw"
+    assert model.snapshot_path("/pools/", "tank", "web", "s1") == "/pools/tank/.snapshots/vms/web/s1"
