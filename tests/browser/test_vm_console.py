@@ -196,13 +196,15 @@ def test_the_new_vm_form_writes_the_record_and_queues_its_creation(rig):
         form.locator("input[name=disks]").fill("20G, 4G")
         form.locator("select[name=firmware]").select_option("bios")
         form.locator("input[name=iso]").fill("/pools/far/iso/debian.iso")
+        form.locator("input[name=image]").fill("/pools/far/images/base.qcow2")
         form.locator("input[name=bridge]").fill("br1")
         form.locator("input[name=autostart]").check()
         form.get_by_role("button", name="Create VM").click()
         assert {"kind": "vm.create", "node": FAR, "params": {"vm": "fresh"}, "state": "queued"} == queued_job(rig)
         record = store.get("vms/fresh")
         assert {"node": FAR, "pool": "far", "vcpus": 2, "memory_mib": 2048, "firmware": "bios",
-                "disks": [{"name": "disk0", "size": 20 * GiB}, {"name": "disk1", "size": 4 * GiB}],
+                "disks": [{"name": "disk0", "size": 20 * GiB, "imported_from": "/pools/far/images/base.qcow2"},
+                          {"name": "disk1", "size": 4 * GiB, "imported_from": None}],
                 "bridges": ["br1"], "cdrom": "/pools/far/iso/debian.iso", "autostart": True} == {
             **{key: record[key] for key in ("node", "pool", "vcpus", "memory_mib", "firmware", "disks", "cdrom",
                                             "autostart")},

@@ -165,7 +165,7 @@ def test_iscsi_lun_from_another_appliance_survives_a_target_reboot(bed, server):
     server.execute("systemctl reboot", timeout=30)
     wait_until(lambda: server.execute("cat /proc/sys/kernel/random/boot_id", timeout=20)[1].strip() not in ("", boot_id),
                900, "node1 to come back from its reboot", interval=5.0)
-    wait_until(lambda: node2.execute(f"iscsiadm -m session -P 3 | grep -q 'iSCSI Session State: LOGGED_IN'")[0] == 0,
+    wait_until(lambda: node2.execute("iscsiadm -m session -P 3 | grep -q 'iSCSI Session State: LOGGED_IN'")[0] == 0,
                600, "the initiator to log in again", interval=5.0)
     disk = iscsi_disk(node2)
     node2.succeed(f"mount {disk} /mnt/lun")

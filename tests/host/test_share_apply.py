@@ -21,7 +21,6 @@ from cairn.agent.reconcile import ReconcileLoop
 from cairn.cluster.store import Store
 from cairn.config import SharesConfig
 from cairn.devstack import free_port
-from cairn.errors import ExecutionError
 from cairn.runner import Runner
 from cairn.shares import smbconf
 from cairn.shares.apply import SMB_CONF, ShareApplier

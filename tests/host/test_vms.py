@@ -1,14 +1,14 @@
 """VMs through the API of a real stack, on a real libvirtd (TCG domains) with their disks on btrfs
-over a loop device: the tiny test guest created, booted and shut down; cloned ×10 in one job,
-each clone a reflink copy with its own UUID and MAC that boots by itself; snapshot, change,
-restore-as-new and revert showing the old data; refusals for bad input (capacity, names taken,
-running VMs); deletion with and without the disks; a guest's fstrim giving the space back to the
-pool (virtio-scsi with discard=unmap).
+over a loop device: the tiny test guest imported from a qcow2 image, booted and shut down; cloned
+×10 in one job, each clone a reflink copy with its own UUID and MAC that boots by itself;
+snapshot, change, restore-as-new and revert showing the old data; refusals for bad input
+(capacity, names taken, files that are no disk image, running VMs); deletion with and without the
+disks; an aborted clone leaving nothing; a guest's fstrim giving the space back to the pool
+(virtio-scsi with discard=unmap).
 
 libvirtd and virtlogd are started by the fixture when they are not running (support.libvirt_host:
 with this host's hanging /dev/kvm hidden) and stopped after; every domain the tests define is
-destroyed and undefined at the end. The test guest is written
-into the new VM's disk0 by the test (importing disk images through the API is not built yet).
+destroyed and undefined at the end.
 """
 
 from __future__ import annotations
@@ -108,19 +108,24 @@ def boot_and_power_off(api, name: str) -> tuple[str, list[str]]:
     return boot, macs
 
 
-def test_a_vm_is_created_booted_and_shut_down(api):
+def test_a_vm_is_created_from_an_imported_image_booted_and_shut_down(api):
     stack, call, _ = api
+    images = stack.dir / "images"
+    images.mkdir()
+    Runner().run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(GUEST), str(images / "guest.qcow2")])
     body = {"name": "vmt-guest", "pool": "tank", "vcpus": 1, "memory_mib": 128, "firmware": "bios",
-            "cpu_model": "qemu64", "disks": [{"size": "64M"}], "nics": [{"bridge": BRIDGE}]}
-    reply = call("POST", "/vms", json=body)
-    assert reply.status_code == 202, reply.text
-    job = wait_until(lambda: (j := call("GET", f"/jobs/{reply.json()['id']}").json())["state"]
-                     not in ("queued", "running") and j, 120, "vm.create")
-    assert job["state"] == "success", job.get("error")
+            "cpu_model": "qemu64", "disks": [{"import": str(images / "guest.qcow2")}, {"size": "32M"}],
+            "nics": [{"bridge": BRIDGE}]}
+    job = done(api, "POST", "/vms", json=body)
+    assert job["result"]["accel"] == "tcg"
     disk = vm_dir(stack, "vmt-guest") / "disk0.raw"
-    assert disk.stat().st_size == 64 << 20 and disk.stat().st_blocks == 0       # thin
-    # Stands in for a disk image import (not built yet); sparse, as an import would leave it.
-    Runner().run(["cp", "--sparse=always", str(GUEST), str(disk)])
+    assert disk.read_bytes() == GUEST.read_bytes()                              # the qcow2's contents, as raw
+    assert disk.stat().st_blocks * 512 < 16 << 20                               # and thin
+    empty = vm_dir(stack, "vmt-guest") / "disk1.raw"
+    assert empty.stat().st_size == 32 << 20 and empty.stat().st_blocks == 0
+    record = call("GET", "/vms/vmt-guest").json()
+    assert [(d["size"], d["imported_from"]) for d in record["disks"]] == [
+        (64 << 20, str(images / "guest.qcow2")), (32 << 20, None)]
     vm = wait_until(lambda: (v := call("GET", "/vms/vmt-guest").json()).get("status") and v, 30, "the VM's status")
     assert vm["status"]["state"] == "shutoff" and vm["status"]["accel"] == "tcg"
     assert re.match(r"^52:54:00(:[0-9a-f]{2}){3}$", vm["nics"][0]["mac"])
@@ -139,6 +144,16 @@ def test_a_vm_is_created_booted_and_shut_down(api):
 
 def test_bad_input_is_refused_with_the_reason(api):
     stack, call, _ = api
+    notes = stack.dir / "images" / "notes.txt"
+    notes.write_text("not a disk\n")
+    text = call("POST", "/vms", json={"name": "vmt-text", "pool": "tank", "disks": [{"import": str(notes)}]})
+    assert text.status_code == 400 and "is not a disk image" in text.json()["error"]["fields"]["disks[0].import"]
+    small = call("POST", "/vms", json={"name": "vmt-small", "pool": "tank",
+                                       "disks": [{"import": str(stack.dir / "images" / "guest.qcow2"), "size": "16M"}]})
+    assert small.status_code == 400 and "would cut it off" in small.json()["error"]["fields"]["disks[0].size"]
+    missing = call("POST", "/vms", json={"name": "vmt-none", "pool": "tank", "disks": [{"import": "/nowhere.img"}]})
+    assert missing.status_code == 400 and "does not exist" in missing.json()["error"]["fields"]["disks[0].import"]
+    assert [call("GET", f"/vms/{n}").status_code for n in ("vmt-text", "vmt-small", "vmt-none")] == [404] * 3
     big = call("POST", "/vms", json={"name": "vmt-big", "pool": "tank", "memory_mib": 10 << 20, "vcpus": 512})
     assert big.status_code == 400
     fields = big.json()["error"]["fields"]

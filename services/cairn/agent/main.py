@@ -8,7 +8,8 @@ Loops (threads):
   - share-watch, iscsi-watch: apply shares / iSCSI targets at once when their records change, so
     a new share or LUN is served within a second or so instead of at the next reconcile pass;
   - storage: publishes pool status and runs snapshot schedules every STORAGE_INTERVAL seconds;
-  - vms: publishes the state of this node's VMs every VM_INTERVAL seconds (and after VM jobs);
+  - vms: publishes the state of this node's VMs every VM_INTERVAL seconds, and right after each
+    VM job (with the pools' status when the job changed the VMs' space);
   - smart: reads every disk's SMART each storage.smart_interval seconds, events on degradation.
 At start, jobs that were `running` on this node are marked failed: the agent that ran them is gone.
 If the node lease is lost (the store was unreachable longer than its TTL), a new one is granted.
@@ -47,6 +48,7 @@ DISK_REFRESH_INTERVAL = 30.0
 RECONCILE_INTERVAL = 30.0
 STORAGE_INTERVAL = 30.0
 VM_INTERVAL = 5.0
+SPACE_CHANGING = ("vm.create", "vm.clone", "vm.restore", "vm.delete", "vm.snapshot-delete")
 ORPHAN_REASON = "cairn-agent stopped while the job was running (the job was interrupted)"
 
 
@@ -61,6 +63,8 @@ class Agent:
         self._lease = 0
         self._lease_lock = threading.Lock()
         self._disks: list[dict] = []
+        self._vm_refresh = threading.Event()
+        self._pool_space_due = False
         self._disks_at = float("-inf")
         self.executor = Executor(self.jobs, self.node, self.runner, self.lease, config=cfg,
                                  after_job=self._after_job)
@@ -107,16 +111,35 @@ class Agent:
             self._disks_at = float("-inf")
             self.heartbeat_once()
         if job.kind.startswith("vm."):
-            self.observe_vms()
-            if job.kind in ("vm.create", "vm.clone", "vm.restore", "vm.delete", "vm.snapshot"):
-                for pool in list_pools(self.store):          # the VMs' space on their pools
-                    if pool.node == self.node and pool.state == "online":
-                        self.monitor.storage.publish_status(pool)
+            # Not on the job's clock: the vms loop refreshes the VMs' status (and their space,
+            # which costs a btrfs commit) right after, so a snapshot's job ends as soon as it exists.
+            if job.kind in SPACE_CHANGING:
+                self._pool_space_due = True
+            self._vm_refresh.set()
 
     def observe_vms(self) -> None:
-        """vm-status/<name> of this node's VMs (libvirt is only asked when the node has VMs)."""
+        """vm-status/<name> of this node's VMs (libvirt is only asked when the node has VMs), and
+        the pools' status when a VM job changed what the VMs hold."""
         if any(vm.node == self.node for vm in list_vms(self.store)):
             compute_jobs.backend(self.runner, self.store, self.node, self.cfg).observe()
+        if self._pool_space_due:
+            self._pool_space_due = False
+            for pool in list_pools(self.store):
+                if pool.node == self.node and pool.state == "online":
+                    self.monitor.storage.publish_status(pool)
+
+    def _vm_loop(self) -> None:
+        while not self.stop.is_set():
+            self._vm_refresh.wait(VM_INTERVAL)
+            self._vm_refresh.clear()
+            if self.stop.is_set():
+                return
+            try:
+                self.observe_vms()
+            except CairnError as exc:
+                log.warning("vms: %s", exc.message)
+            except Exception:
+                log.exception("vms crashed; continuing")
 
     # --- loops -------------------------------------------------------------------------------
     def _loop(self, name: str, interval: float, step) -> None:
@@ -134,10 +157,12 @@ class Agent:
             try:
                 revision = self.store.revision() + 1
                 self.executor.poll()
-                # Wake on any job change, or at least every 2 s (lock waits, missed events).
+                # Poll on any job change, or at least every 2 s (lock waits, missed events). One
+                # long-lived watch: etcd delivers a watch that starts behind the current revision
+                # only at its next sync (every 100 ms), which a new watch per job would pay each time.
                 for event in self.store.watch("job", revision, idle_timeout=2.0, stop=self.stop):
                     if event is None or event.key.startswith(("jobs/", "job-aborts/")):
-                        break
+                        self.executor.poll()
             except CairnError as exc:
                 log.warning("jobs: %s", exc.message)
                 self.stop.wait(1.0)
@@ -189,8 +214,7 @@ class Agent:
                              daemon=True),
             threading.Thread(target=self._loop, args=("storage", STORAGE_INTERVAL, self.monitor.observe_pools),
                              name="storage", daemon=True),
-            threading.Thread(target=self._loop, args=("vms", VM_INTERVAL, self.observe_vms), name="vms",
-                             daemon=True),
+            threading.Thread(target=self._vm_loop, name="vms", daemon=True),
             threading.Thread(target=self._loop, args=("smart", self.cfg.storage.smart_interval,
                                                       self.monitor.poll_smart), name="smart", daemon=True),
         ]

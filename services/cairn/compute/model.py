@@ -56,7 +56,8 @@ VMS_DIR = "vms"
 @dataclass(frozen=True)
 class Disk:
     name: str                      # disk0, disk1, ...: the file <pool>/vms/<vm>/<name>.raw
-    size: int                      # bytes
+    size: int                      # bytes (0 until an imported disk's size is known)
+    imported_from: str | None = None   # the image file it was made from (qemu-img convert), if any
 
 
 @dataclass(frozen=True)
@@ -216,10 +217,17 @@ def check_vm(data: Any, *, node: str, capacity: Capacity, taken_names: Iterable[
         problems["disks"] = f"must be a list of at most {MAX_DISKS} disks like {{\"size\": \"20G\"}}"
         entries = []
     for index, entry in enumerate(entries):
-        if not isinstance(entry, dict) or set(entry) - {"size"}:
-            problems[f"disks[{index}]"] = "must be an object with a size"
+        if not isinstance(entry, dict) or set(entry) - {"size", "import"} or not entry:
+            problems[f"disks[{index}]"] = "must be an object with a size, an import (an image's path) or both"
             continue
-        disks.append(Disk(f"disk{index}", check_size(entry.get("size"), f"disks[{index}].size", problems)))
+        source = entry.get("import")
+        if source is not None and (not isinstance(source, str) or not source.startswith("/") or "\0" in source):
+            problems[f"disks[{index}].import"] = "must be the absolute path of a disk image on the VM's node"
+            source = None
+        size = 0
+        if entry.get("size") is not None or source is None:
+            size = check_size(entry.get("size"), f"disks[{index}].size", problems)
+        disks.append(Disk(f"disk{index}", size, source))
     macs: list[str] = []
     nics: list[Nic] = []
     entries = data.get("nics", [{}])

@@ -16,9 +16,9 @@ from typing import Any
 
 from cairn.cluster import nodes
 from cairn.cluster.store import Put, Store, absent
-from cairn.compute import model
+from cairn.compute import images, model
 from cairn.compute.jobs import SNAPSHOT_NAME
-from cairn.compute.vms import MACS, VM_STATUS, VMS, get_vm, list_vms
+from cairn.compute.vms import MACS, VM_STATUS, VMS, get_vm, inspect_image, list_vms
 from cairn.errors import Conflict, NotFound, ValidationError
 from cairn.jobs.service import JobService
 from cairn.storage.pools import POOL_STATUS, get_pool
@@ -29,9 +29,11 @@ LIFECYCLE = {"start": "vm.start", "stop": "vm.stop", "poweroff": "vm.poweroff", 
 
 
 class VmService:
-    def __init__(self, store: Store, jobs: JobService) -> None:
+    def __init__(self, store: Store, jobs: JobService, local_node: str | None = None, runner=None) -> None:
         self.store = store
         self.jobs = jobs
+        self.local_node = local_node      # the node this process runs on: images there are checked at once
+        self.runner = runner
 
     def submit(self, kind: str, node: str, params: dict[str, Any]) -> dict[str, Any]:
         return self.jobs.submit(kind, node, params).to_dict()
@@ -80,6 +82,17 @@ class VmService:
         macs = [e.key[len(MACS):] for e in self.store.list(MACS)]
         vm = model.check_vm(body, node=node, capacity=capacity, taken_names=taken, taken_macs=macs,
                             new_uuid=lambda: str(uuid.uuid4()), random_bytes=os.urandom, now=time.time())
+        if self.runner is not None and vm.node == self.local_node:
+            # A file that is not a disk image is refused now (400); on another node, the job checks.
+            for index, disk in enumerate(vm.disks):
+                if disk.imported_from:
+                    try:
+                        info = inspect_image(self.runner, disk.imported_from)
+                        images.disk_size(info, disk.size)
+                    except ValidationError as exc:
+                        raise ValidationError({f"disks[{index}].import": exc.fields["import"]}) from None
+                    except ValueError as exc:
+                        raise ValidationError({f"disks[{index}].size": str(exc)}) from None
         compares = [absent(VMS + vm.name)] + [absent(MACS + nic.mac) for nic in vm.nics]
         puts = [Put(VMS + vm.name, vm.to_dict())] + [Put(MACS + nic.mac, {"vm": vm.name}) for nic in vm.nics]
         if not self.store.txn(compares, puts):

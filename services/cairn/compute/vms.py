@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Callable
 
 from cairn.cluster.store import Delete, Put, Store, absent
-from cairn.compute import domain, model
+from cairn.compute import domain, images, model
 from cairn.compute.hypervisor import Hypervisor
-from cairn.errors import CairnError, Conflict, ExecutionError, NotFound, PreconditionFailed
+from cairn.errors import CairnError, Conflict, ExecutionError, NotFound, PreconditionFailed, ValidationError
 from cairn.storage import btrfs
 from cairn.storage.pools import get_pool
 
@@ -47,6 +47,28 @@ def reflink(source: str, dest: str) -> None:
     with open(source, "rb") as src, open(dest, "wb") as dst:
         fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
     os.chmod(dest, os.stat(source).st_mode & 0o777)
+
+
+def inspect_image(runner, path: str) -> images.ImageInfo:
+    """What the image file at `path` is (qemu-img info + a look at its bytes); ValidationError
+    naming the problem when it is missing or not a disk image Cairn imports."""
+    try:
+        size = os.stat(path).st_size
+        with open(path, "rb") as handle:
+            handle.seek(images.ISO_MAGIC_OFFSET)
+            probe = handle.read(len(images.ISO_MAGIC))
+    except FileNotFoundError:
+        raise ValidationError({"import": f"{path} does not exist on this node"}) from None
+    except IsADirectoryError:
+        raise ValidationError({"import": f"{path} is a directory, not a disk image"}) from None
+    result = runner.run(images.info_argv(path), check=False, timeout=120)
+    if not result.ok:
+        raise ValidationError({"import": f"{path} is not a disk image qemu-img can read: "
+                                         f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}"})
+    try:
+        return images.check_image(result.stdout, size, probe, path)
+    except ValueError as exc:
+        raise ValidationError({"import": str(exc)}) from None
 
 
 def get_vm(store: Store, name: str) -> model.Vm:
@@ -118,10 +140,27 @@ class Compute:
         os.makedirs(self.log_dir, exist_ok=True)
         try:
             btrfs.subvolume_create(self.runner, target)
+            disks = []
             for index, disk in enumerate(vm.disks):
-                with open(self.disk_path(vm, disk), "wb") as handle:
-                    os.ftruncate(handle.fileno(), disk.size)          # sparse: no block allocated yet
+                path = self.disk_path(vm, disk)
+                if disk.imported_from:
+                    info = inspect_image(self.runner, disk.imported_from)
+                    try:
+                        size = images.disk_size(info, disk.size)
+                    except ValueError as exc:
+                        raise ValidationError({f"disks[{index}].size": str(exc)}) from None
+                    progress(index / (len(vm.disks) + 1), f"disk {disk.name}: converting {disk.imported_from} "
+                             f"({info.format}, {info.virtual_size >> 20} MiB) to a thin raw disk")
+                    self.runner.run(images.convert_argv(disk.imported_from, info.format, path), timeout=6 * 3600)
+                    disk = replace(disk, size=size)
+                with open(path, "ab") as handle:
+                    if os.fstat(handle.fileno()).st_size < disk.size:
+                        os.ftruncate(handle.fileno(), disk.size)      # sparse: no block allocated yet
+                disks.append(disk)
                 progress((index + 1) / (len(vm.disks) + 1), f"disk {disk.name} ({disk.size >> 20} MiB, thin)")
+            if tuple(disks) != vm.disks:
+                vm = replace(vm, disks=tuple(disks))                 # imported disks' sizes are known now
+                self.store.put(VMS + vm.name, vm.to_dict())
             self._write_record(vm)
             self.hv.define(self.xml(vm))
             self.hv.set_autostart(vm.name, vm.autostart)

@@ -8,6 +8,7 @@ from typing import Any
 from apiflask import APIBlueprint
 
 from cairn.compute.service import VmService
+from cairn.runner import Runner
 from cairn.web import schemas, schemas_vms as vs
 from cairn.web.app import services
 
@@ -16,7 +17,7 @@ SECURITY = ["token", "session"]
 
 
 def svc() -> VmService:
-    return VmService(services()["store"], services()["jobs"])
+    return VmService(services()["store"], services()["jobs"], services()["cfg"].node_name, Runner())
 
 
 @bp.get("/vms")

@@ -13,6 +13,7 @@ from flask import redirect, render_template, request, url_for
 
 from cairn.compute import model
 from cairn.compute.service import LIFECYCLE, RUNNING, VmService
+from cairn.runner import Runner
 from cairn.errors import ValidationError
 from cairn.storage.pools import list_pools
 from cairn.web.app import services
@@ -21,7 +22,7 @@ bp = APIBlueprint("vms_console", __name__, enable_openapi=False)
 
 
 def svc() -> VmService:
-    return VmService(services()["store"], services()["jobs"])
+    return VmService(services()["store"], services()["jobs"], services()["cfg"].node_name, Runner())
 
 
 def to_job(job: dict):
@@ -49,6 +50,12 @@ def new_vm_body() -> dict:
     iso = request.form.get("iso", "").strip()
     if iso:
         body["cdrom"] = iso
+    image = request.form.get("image", "").strip()
+    if image:          # the first disk is made from the image (as large as the image, or the size given)
+        first = {"import": image}
+        if sizes:
+            first["size"] = sizes[0]
+        body["disks"] = [first] + [{"size": size} for size in sizes[1:]]
     return body
 
 

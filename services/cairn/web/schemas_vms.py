@@ -18,7 +18,9 @@ class VmCreateIn(Schema):
     memory_mib = Raw(metadata=d("Memory in MiB (default 1024; the node keeps 1024 MiB for itself)"))
     firmware = Raw(metadata=d("uefi (default) or bios"))
     cpu_model = Raw(metadata=d("Named CPU model (default Nehalem), so the VM can run on any node"))
-    disks = Raw(metadata=d("Disks: a list of {size: bytes or '20G'} (default one of 20G); thin raw files"))
+    disks = Raw(metadata=d("Disks: a list of {size: bytes or '20G', import: path of a disk image on the node "
+                           "(raw, qcow2, vmdk, vdi, vhdx, vpc), converted to a thin raw disk} — either or both "
+                           "(default one empty disk of 20G)"))
     nics = Raw(metadata=d("NICs: a list of {mac?: 52:54:00:..., bridge?: br0} (default one on br0; "
                           "a MAC is chosen when not given)"))
     cdrom = Raw(allow_none=True, metadata=d("Absolute path of an ISO image on the node to boot from, or null"))
@@ -28,7 +30,9 @@ class VmCreateIn(Schema):
 
 class VmDiskOut(Schema):
     name = String(metadata=d("disk0, disk1, ...: the file <pool>/vms/<vm>/<name>.raw"))
-    size = Integer(metadata=d("Size in bytes (thin: space is taken as the guest writes)"))
+    size = Integer(metadata=d("Size in bytes (thin: space is taken as the guest writes; 0 while an "
+                              "imported disk is being made)"))
+    imported_from = String(allow_none=True, metadata=d("The disk image it was made from, or null"))
 
 
 class VmNicOut(Schema):
