@@ -9,7 +9,7 @@ PORT ?= 8443
 # Every Debian package the tests and the dev stack need (one list).
 APT_PACKAGES := etcd-server etcd-client chromium python3-venv python3-dev btrfs-progs \
 	iproute2 util-linux fonts-dejavu-core ca-certificates samba-common-bin \
-	samba smbclient libnss-wrapper acl \
+	samba smbclient libnss-wrapper acl mtools dosfstools \
 	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils ovmf \
 	libvirt-dev pkg-config gcc libxml2-utils
 

@@ -80,7 +80,7 @@ BASE_PACKAGES = [
     "linux-image-amd64", "initramfs-tools", "zstd",
     "systemd", "systemd-sysv", "systemd-resolved", "udev", "dbus", "kmod",
     "systemd-boot-efi", "systemd-ukify", "python3-pefile",
-    "e2fsprogs", "fdisk", "cloud-guest-utils", "dosfstools",
+    "e2fsprogs", "fdisk", "cloud-guest-utils", "dosfstools", "mtools",
     "iproute2", "iputils-ping", "procps", "less", "nano", "ca-certificates", "openssl", "curl",
     "pciutils", "lsscsi", "ethtool", "netbase", "tzdata",
     "openssh-server", "chrony",

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from cairn import config as config_mod
 from cairn.cluster.store import Store
@@ -67,6 +69,10 @@ class Stack:
         session = requests.Session()
         session.trust_env = False    # else $REQUESTS_CA_BUNDLE replaces the node's CA
         session.verify = self.ca
+        # gunicorn closes an idle keep-alive connection after 2 s; a GET that raced that close is
+        # sent again (never a POST: it may have arrived).
+        retry = Retry(total=2, connect=2, read=2, status=0, allowed_methods=frozenset({"GET"}), backoff_factor=0)
+        session.mount("https://", HTTPAdapter(max_retries=retry))
         if login:
             reply = session.post(self.url + "/api/v1/auth/login",
                                  json={"username": "admin", "password": self.password})

@@ -134,6 +134,8 @@ def test_the_vm_page_shows_settings_and_snapshots(rig):
     page.goto("/vms/db")
     expect(page.locator('tr[data-setting="accel"] td')).to_have_text("KVM")
     expect(page.locator("ul.snapshots li")).to_have_text(["none"])
+    # The serial log lives on the VM's node (the host test reads a real one through the API).
+    expect(page.get_by_text("VM db runs on node node-far: its serial log is read there")).to_be_visible()
 
 
 def test_start_and_clone_from_the_list_queue_their_jobs(rig):

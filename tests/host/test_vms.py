@@ -13,6 +13,7 @@ destroyed and undefined at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -140,6 +141,8 @@ def test_a_vm_is_created_from_an_imported_image_booted_and_shut_down(api):
     # The guest powers off on the ACPI power button (busybox acpid).
     job = done(api, "POST", "/vms/vmt-guest/actions/stop", json={"timeout": 60})
     assert job["result"]["state"] == "shutoff"
+    serial = call("GET", "/vms/vmt-guest/serial").json()
+    assert "CAIRN-HEARTBEAT" in serial["text"] and serial["size"] >= len(serial["text"].encode()) > 0
 
 
 def test_bad_input_is_refused_with_the_reason(api):
@@ -329,3 +332,42 @@ def test_an_aborted_clone_leaves_nothing_behind(api):
     assert sorted(p.name for p in (stack.dir / "pools" / "tank" / "vms").iterdir() if p.name.startswith("vmt-ab")) == []
     assert [call("GET", f"/vms/vmt-ab-{i}").status_code for i in (1, 2, 3)] == [404, 404, 404]
     assert not any(n.startswith("vmt-ab") for n in virsh("list", "--all", "--name").stdout.split())
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAiBs5xOBnDTD6R/rf/T9GPDXC00MDbnufS9RzHSfiMc ops@laptop"
+
+
+def seed_file(seed: Path, name: str) -> str:
+    return Runner().run(["mtype", "-i", str(seed), f"::{name}"], env={"MTOOLS_SKIP_CHECK": "1"}).stdout
+
+
+def test_cloud_init_seed_carries_the_user_and_a_copy_gets_its_own_identity(api):
+    stack, call, _ = api
+    body = {"name": "vmt-cloud", "pool": "tank", "memory_mib": 128, "firmware": "bios", "cpu_model": "qemu64",
+            "disks": [{"import": str(stack.dir / "images" / "guest.qcow2")}], "nics": [{"bridge": BRIDGE}],
+            "cloud_init": {"user": "ops", "password": "Guest-pass-1", "ssh_keys": [KEY]}}
+    done(api, "POST", "/vms", json=body)
+    record = call("GET", "/vms/vmt-cloud").json()
+    password_hash = record["cloud_init"]["password_hash"]
+    assert "Guest-pass-1" not in json.dumps(record) and password_hash.startswith("$6$")
+    salt = password_hash.split("$")[2]
+    assert Runner().run(["openssl", "passwd", "-6", "-salt", salt, "-stdin"], input="Guest-pass-1\n").stdout.strip() \
+        == password_hash
+    seed = vm_dir(stack, "vmt-cloud") / "cloud-init.img"
+    assert "LABEL=\"CIDATA\"" in Runner().run(["blkid", "-p", str(seed)], check=False).stdout
+    user = json.loads(seed_file(seed, "user-data").split("\n", 1)[1])
+    assert (user["hostname"], user["users"][0]["name"], user["users"][0]["passwd"],
+            user["users"][0]["ssh_authorized_keys"]) == ("vmt-cloud", "ops", password_hash, [KEY])
+    assert json.loads(seed_file(seed, "meta-data")) == {"instance-id": record["uuid"], "local-hostname": "vmt-cloud"}
+    # libvirt takes the seed as a read-only disk and the VM boots with it.
+    boot_and_power_off(api, "vmt-cloud")
+    assert "cloud-init.img" in virsh("dumpxml", "vmt-cloud").stdout
+
+    clone = done(api, "POST", "/vms/vmt-cloud/clones", json={"names": ["vmt-cloud-2"]})["result"]["clones"][0]
+    copy = call("GET", f"/vms/{clone['name']}").json()
+    copy_seed = vm_dir(stack, "vmt-cloud-2") / "cloud-init.img"
+    assert json.loads(seed_file(copy_seed, "meta-data")) == {"instance-id": copy["uuid"],
+                                                             "local-hostname": "vmt-cloud-2"}
+    assert json.loads(seed_file(copy_seed, "user-data").split("\n", 1)[1])["users"][0]["passwd"] == password_hash
+    bad = call("POST", "/vms", json={**body, "name": "vmt-cloud-bad", "cloud_init": {"user": "root"}})
+    assert bad.status_code == 400 and set(bad.json()["error"]["fields"]) == {"cloud_init", "cloud_init.user"}

@@ -16,6 +16,8 @@ Invariants of the generated domain:
   discard and detect_zeroes set to unmap so a guest's fstrim frees pool space. The CD-ROM, if any,
   takes the unit after the last disk.
 - Boot order is per device: the CD-ROM first when there is one, then disk0; <os> has no <boot dev>.
+- A VM with cloud-init settings gets its NoCloud seed (<vm dir>/cloud-init.img) as a read-only
+  disk on the unit after the disks and the CD-ROM.
 - VNC listens on loopback only (the console's websocket proxy reaches it there); libvirt picks
   the port, which `parse_vnc_port` reads back from the live XML.
 """
@@ -25,7 +27,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from cairn.compute import model
+from cairn.compute import cloudinit, model
 
 ACCEL_DOMAIN_TYPE = {"kvm": "kvm", "tcg": "qemu"}
 DEFAULT_OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
@@ -103,6 +105,14 @@ def domain_xml(vm: model.Vm, *, pools_root: str, accel: str, serial_log: str,
         _sub(element, "target", dev=disk_target(unit), bus="scsi")
         _sub(element, "readonly")
         _sub(element, "boot", order=str(cdrom_boot))
+        _drive_address(element, unit)
+    if vm.cloud_init:
+        unit = len(vm.disks) + (1 if vm.cdrom else 0)
+        element = _sub(devices, "disk", type="file", device="disk")
+        _sub(element, "driver", name="qemu", type="raw")
+        _sub(element, "source", file=f"{model.vm_dir(pools_root, vm.pool, vm.name)}/{cloudinit.SEED_FILE}")
+        _sub(element, "target", dev=disk_target(unit), bus="scsi")
+        _sub(element, "readonly")
         _drive_address(element, unit)
     _sub(devices, "controller", type="scsi", index="0", model="virtio-scsi")
     _sub(devices, "controller", type="usb", index="0", model="qemu-xhci")

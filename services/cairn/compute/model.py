@@ -34,6 +34,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
+from cairn.compute import cloudinit
 from cairn.errors import ValidationError
 from cairn.storage import model as storage_model
 from cairn.storage.model import raise_problems
@@ -83,6 +84,7 @@ class Vm:
     description: str = ""
     origin: dict[str, str] = field(default_factory=dict)   # {"clone_of"|"restored_from": ...}
     created_at: float = 0.0
+    cloud_init: dict[str, Any] | None = None   # {hostname, user, password_hash, ssh_keys}: a NoCloud seed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,13 +192,14 @@ def check_resources(vcpus: Any, memory_mib: Any, capacity: Capacity, node: str,
 
 def check_vm(data: Any, *, node: str, capacity: Capacity, taken_names: Iterable[str],
              taken_macs: Iterable[str], new_uuid: Callable[[], str],
-             random_bytes: Callable[[int], bytes], now: float) -> Vm:
+             random_bytes: Callable[[int], bytes], now: float,
+             hash_password: Callable[[str], str] | None = None) -> Vm:
     """A new VM from API input: every problem at once (ValidationError keyed by field path)."""
     if not isinstance(data, dict):
         raise ValidationError({"vm": "must be an object"})
     problems: dict[str, str] = {}
     known = {"name", "pool", "vcpus", "memory_mib", "firmware", "cpu_model", "disks", "nics", "cdrom",
-             "autostart", "description", "node"}
+             "autostart", "description", "node", "cloud_init"}
     for key in sorted(set(map(str, data)) - known):
         problems[key] = "unknown setting"
     name = data.get("name")
@@ -264,9 +267,11 @@ def check_vm(data: Any, *, node: str, capacity: Capacity, taken_names: Iterable[
     description = data.get("description", "")
     if not isinstance(description, str) or len(description) > 256:
         problems["description"] = "must be text of at most 256 characters"
+    cloud_init = cloudinit.check(data.get("cloud_init"), problems,
+                                 hash_password or (lambda password: ""))
     raise_problems(problems)
     return Vm(name, new_uuid(), node, pool, vcpus, memory, firmware, cpu_model, tuple(disks), tuple(nics),
-              cdrom, autostart, description, {}, now)
+              cdrom, autostart, description, {}, now, cloud_init)
 
 
 def cloned(source: Vm, name: str, *, new_uuid: Callable[[], str], macs: list[str], now: float,
@@ -276,4 +281,5 @@ def cloned(source: Vm, name: str, *, new_uuid: Callable[[], str], macs: list[str
         raise ValueError("one new MAC per NIC is needed")
     nics = tuple(Nic(mac, nic.bridge) for mac, nic in zip(macs, source.nics))
     return Vm(name, new_uuid(), source.node, source.pool, source.vcpus, source.memory_mib, source.firmware,
-              source.cpu_model, source.disks, nics, None, False, source.description, origin, now)
+              source.cpu_model, source.disks, nics, None, False, source.description, origin, now,
+              source.cloud_init)

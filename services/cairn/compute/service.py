@@ -81,7 +81,8 @@ class VmService:
             raise Conflict(f"a VM named {body['name']!r} exists already", vm=body["name"])
         macs = [e.key[len(MACS):] for e in self.store.list(MACS)]
         vm = model.check_vm(body, node=node, capacity=capacity, taken_names=taken, taken_macs=macs,
-                            new_uuid=lambda: str(uuid.uuid4()), random_bytes=os.urandom, now=time.time())
+                            new_uuid=lambda: str(uuid.uuid4()), random_bytes=os.urandom, now=time.time(),
+                            hash_password=self.hash_password)
         if self.runner is not None and vm.node == self.local_node:
             # A file that is not a disk image is refused now (400); on another node, the job checks.
             for index, disk in enumerate(vm.disks):
@@ -99,6 +100,27 @@ class VmService:
             raise Conflict(f"VM name {vm.name!r} or one of its MAC addresses was taken meanwhile; try again")
         job = self.submit("vm.create", vm.node, {"vm": vm.name})
         return {"vm": self.view(vm), "job": job}
+
+    def serial_log(self, name: str, log_dir: str, limit: int = 64 << 10) -> dict[str, Any]:
+        """The end of the VM's serial console log (virtlogd writes it on the VM's node)."""
+        vm = get_vm(self.store, name)
+        if vm.node != self.local_node:
+            raise Conflict(f"VM {name} runs on node {vm.node}: its serial log is read there", node=vm.node)
+        path = f"{log_dir}/{name}.log"
+        try:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                handle.seek(max(size - limit, 0))
+                data = handle.read()
+        except FileNotFoundError:
+            return {"vm": name, "size": 0, "text": ""}
+        return {"vm": name, "size": size, "text": data.decode("utf-8", errors="replace")}
+
+    def hash_password(self, password: str) -> str:
+        """SHA-512 crypt of a guest password (cloud-init's passwd); the password itself is kept nowhere."""
+        if self.runner is None:
+            raise ValidationError({"cloud_init.password": "passwords can only be set through the API"})
+        return self.runner.run(["openssl", "passwd", "-6", "-stdin"], input=password + "\n").stdout.strip()
 
     # --- lifecycle -----------------------------------------------------------------------------
     def action(self, name: str, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -19,6 +19,8 @@ import fcntl
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import replace
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from cairn.cluster.store import Delete, Put, Store, absent
-from cairn.compute import domain, images, model
+from cairn.compute import cloudinit, domain, images, model
 from cairn.compute.hypervisor import Hypervisor
 from cairn.errors import CairnError, Conflict, ExecutionError, NotFound, PreconditionFailed, ValidationError
 from cairn.storage import btrfs
@@ -124,6 +126,20 @@ class Compute:
         os.chmod(parent, 0o711)        # QEMU (user libvirt-qemu) passes through; nobody lists the VMs
         return parent
 
+    def write_seed(self, vm: model.Vm, hostname: str) -> None:
+        """The VM's cloud-init NoCloud seed (instance-id = its UUID), replacing any older one."""
+        target = Path(self.vm_dir(vm))
+        seed = target / cloudinit.SEED_FILE
+        with tempfile.TemporaryDirectory(prefix="cairn-seed-") as tmp:
+            meta, user = Path(tmp) / "meta-data", Path(tmp) / "user-data"
+            meta.write_text(cloudinit.meta_data(vm.uuid, hostname))
+            user.write_text(cloudinit.user_data(vm.cloud_init, hostname))
+            os.chmod(user, 0o600)
+            fresh = Path(tmp) / cloudinit.SEED_FILE
+            for argv in cloudinit.seed_argvs(str(fresh), str(meta), str(user)):
+                self.runner.run(argv, env={"MTOOLS_SKIP_CHECK": "1"})
+            shutil.move(fresh, seed)
+
     def _write_record(self, vm: model.Vm) -> None:
         path = Path(self.vm_dir(vm)) / RECORD_FILE
         path.write_text(json.dumps(vm.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -161,6 +177,8 @@ class Compute:
             if tuple(disks) != vm.disks:
                 vm = replace(vm, disks=tuple(disks))                 # imported disks' sizes are known now
                 self.store.put(VMS + vm.name, vm.to_dict())
+            if vm.cloud_init:
+                self.write_seed(vm, cloudinit.hostname_for(vm.cloud_init, vm.name))
             self._write_record(vm)
             self.hv.define(self.xml(vm))
             self.hv.set_autostart(vm.name, vm.autostart)
@@ -320,6 +338,8 @@ class Compute:
                 nvram = f"{source_dir}/{domain.NVRAM_FILE}"
                 if os.path.exists(nvram):
                     reflink(nvram, f"{target}/{domain.NVRAM_FILE}")
+                if vm.cloud_init:            # a new instance-id: cloud-init runs again and names the copy
+                    self.write_seed(vm, cloudinit.hostname_for(vm.cloud_init, vm.name, source.name))
                 self._write_record(vm)
                 vms.append(vm)
                 progress((index + 1) / len(names), f"{name}: disks copied (reflink)")

@@ -106,3 +106,11 @@ def revert_vm(name: str, snapshot: str):
         security=SECURITY, responses={202: "Job queued", 409: "The name is taken"})
 def restore_snapshot(name: str, snapshot: str, body: dict[str, Any]):
     return svc().restore(name, snapshot, body)
+
+
+@bp.get("/vms/<name>/serial")
+@bp.output(vs.VmSerialOut)
+@bp.doc(summary="The end (64 KiB) of the VM's serial console log", security=SECURITY,
+        responses={200: "The log's end", 409: "The VM runs on another node"})
+def serial_log(name: str):
+    return svc().serial_log(name, services()["cfg"].compute.log_dir)

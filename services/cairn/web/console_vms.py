@@ -14,7 +14,7 @@ from flask import redirect, render_template, request, url_for
 from cairn.compute import model
 from cairn.compute.service import LIFECYCLE, RUNNING, VmService
 from cairn.runner import Runner
-from cairn.errors import ValidationError
+from cairn.errors import Conflict, ValidationError
 from cairn.storage.pools import list_pools
 from cairn.web.app import services
 
@@ -72,7 +72,13 @@ def create_vm():
 
 @bp.get("/vms/<name>")
 def vm(name: str):
-    return render_template("vm.html", vm=svc().vm(name), running=RUNNING)
+    service = svc()
+    record = service.vm(name)
+    try:
+        serial = service.serial_log(name, services()["cfg"].compute.log_dir, 16 << 10)
+    except Conflict as exc:
+        serial = {"text": "", "elsewhere": exc.message}
+    return render_template("vm.html", vm=record, running=RUNNING, serial=serial)
 
 
 @bp.post("/vms/<name>/<action>")

@@ -25,6 +25,9 @@ class VmCreateIn(Schema):
                           "a MAC is chosen when not given)"))
     cdrom = Raw(allow_none=True, metadata=d("Absolute path of an ISO image on the node to boot from, or null"))
     autostart = Raw(metadata=d("Start the VM when its node boots"))
+    cloud_init = Raw(allow_none=True, metadata=d(
+        "For cloud images: {user (default cairn), password and/or ssh_keys (OpenSSH public keys), hostname "
+        "(default: the VM's name)}: a NoCloud seed attached read-only; the password is kept only as a hash"))
     description = Raw(metadata=d("Free text, up to 256 characters"))
 
 
@@ -56,6 +59,8 @@ class VmOut(Schema):
     description = String(metadata=d("Free text"))
     origin = Dict(metadata=d("{clone_of: vm} or {restored_from: vm@snapshot} for copies, else {}"))
     created_at = Float(metadata=d("When it was created (Unix time)"))
+    cloud_init = Dict(allow_none=True, metadata=d(
+        "cloud-init settings: hostname, user, password_hash (SHA-512 crypt), ssh_keys; null when none"))
     space = Dict(allow_none=True, metadata=d(
         "Space on the pool, as its node last measured: referenced (bytes of all the VM's data) and "
         "exclusive (bytes only it holds: what deleting it frees; ~0 for a fresh clone); null until measured"))
@@ -94,3 +99,9 @@ class VmRestoreIn(Schema):
 
 class VmSnapshotListOut(Schema):
     snapshots = List(String(metadata=d("Snapshot name")), metadata=d("The VM's snapshots, oldest name first"))
+
+
+class VmSerialOut(Schema):
+    vm = String(metadata=d("VM name"))
+    size = Integer(metadata=d("The whole log's size in bytes"))
+    text = String(metadata=d("Its last 64 KiB, as UTF-8 (undecodable bytes replaced)"))
