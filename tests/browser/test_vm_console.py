@@ -239,7 +239,11 @@ def test_the_new_vm_form_writes_the_record_and_queues_its_creation(rig):
                                page.locator('li[data-snapshot="before-upgrade"]')
                                .get_by_role("button", name="Restore as new VM").click()),
      "409", "a VM named 'db' exists already"),
-], ids=["clone-running", "delete-running", "memory-beyond-the-node", "create-name-taken", "restore-name-taken"])
+    ("/vms/web", lambda page: (page.locator("#edit-vm input[name=memory_mib]").fill("1024"),
+                               page.locator("#edit-vm").get_by_role("button", name="Save settings").click()),
+     "409", "VM web is running: shut it down to change memory_mib"),
+], ids=["clone-running", "delete-running", "memory-beyond-the-node", "create-name-taken", "restore-name-taken",
+        "edit-running"])
 def test_a_refusal_says_why_and_queues_nothing(rig, where, action, status, message):
     stack, session, page = rig
     before = [j["id"] for j in jobs(stack, session)]
@@ -249,3 +253,18 @@ def test_a_refusal_says_why_and_queues_nothing(rig, where, action, status, messa
     expect(page.locator("p.error")).to_have_text(message)
     assert before == [j["id"] for j in jobs(stack, session)]
     assert stack.store().get("vms/big") is None
+
+
+def test_the_settings_form_edits_a_stopped_vm(rig):
+    stack, session, page = rig
+    before = stack.store().get("vms/db")
+    try:
+        page.goto("/vms/db")
+        page.locator("#edit-vm input[name=memory_mib]").fill("2048")
+        page.locator("#edit-vm input[name=cdrom]").fill("/pools/far/iso/rescue.iso")
+        page.locator("#edit-vm").get_by_role("button", name="Save settings").click()
+        assert {"kind": "vm.redefine", "node": FAR, "params": {"vm": "db"}, "state": "queued"} == queued_job(rig)
+        record = stack.store().get("vms/db")
+        assert (2048, "/pools/far/iso/rescue.iso", 1) == (record["memory_mib"], record["cdrom"], record["vcpus"])
+    finally:
+        stack.store().put("vms/db", before)

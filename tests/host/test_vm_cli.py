@@ -118,3 +118,33 @@ def test_vm_delete_of_a_running_vm_needs_force(rig):
     refused = ctl("vm", "revert", "web", "daily.1", check=False)
     assert (1, "error (409): VM web is running: shut it down before reverting it\n") == (
         refused.returncode, refused.stderr)
+
+
+def test_vm_set_changes_a_stopped_vm_and_refuses_a_running_one(rig):
+    stack, ctl, job = rig
+    result = ctl("vm", "set", "db", "--memory", "2048", "--vcpus", "2", "--iso", "/pools/far/iso/x.iso",
+                 "--no-autostart")
+    assert {"kind": "vm.redefine", "node": FAR, "params": {"vm": "db"}, "state": "queued"} == job(queued(result))
+    record = stack.store().get("vms/db")
+    assert (record["memory_mib"], record["vcpus"], record["cdrom"], record["autostart"]) == \
+        (2048, 2, "/pools/far/iso/x.iso", False)
+    ctl("vm", "set", "db", "--eject")
+    assert stack.store().get("vms/db")["cdrom"] is None
+    refused = ctl("vm", "set", "web", "--memory", "1024", check=False)
+    assert (1, "error (409): VM web is running: shut it down to change memory_mib\n") == \
+        (refused.returncode, refused.stderr)
+    nothing = ctl("vm", "set", "db", check=False)
+    assert nothing.returncode == 2 and "nothing to change" in nothing.stderr
+
+
+def test_vm_create_from_an_image_with_cloud_init_sends_both(rig, tmp_path):
+    stack, ctl, job = rig
+    key = tmp_path / "id.pub"
+    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAiBs5xOBnDTD6R/rf/T9GPDXC00MDbnufS9RzHSfiMc ops@laptop\n")
+    result = ctl("vm", "create", "app", "--pool", "far", "--import", "/pools/far/images/debian.qcow2", "--disk", "30G",
+                 "--user", "ops", "--ssh-key", str(key), "--password-stdin", input="Guest-pass-1\n")
+    assert {"kind": "vm.create", "node": FAR, "params": {"vm": "app"}, "state": "queued"} == job(queued(result))
+    record = stack.store().get("vms/app")
+    assert record["disks"] == [{"name": "disk0", "size": 30 * GiB, "imported_from": "/pools/far/images/debian.qcow2"}]
+    assert (record["cloud_init"]["user"], record["cloud_init"]["ssh_keys"]) == ("ops", [key.read_text().strip()])
+    assert record["cloud_init"]["password_hash"].startswith("$6$") and "Guest-pass-1" not in str(record)

@@ -371,3 +371,26 @@ def test_cloud_init_seed_carries_the_user_and_a_copy_gets_its_own_identity(api):
     assert json.loads(seed_file(copy_seed, "user-data").split("\n", 1)[1])["users"][0]["passwd"] == password_hash
     bad = call("POST", "/vms", json={**body, "name": "vmt-cloud-bad", "cloud_init": {"user": "root"}})
     assert bad.status_code == 400 and set(bad.json()["error"]["fields"]) == {"cloud_init", "cloud_init.user"}
+
+
+def test_a_stopped_vm_is_edited_and_libvirt_gets_the_new_definition(api):
+    stack, call, _ = api
+    done(api, "PATCH", "/vms/vmt-guest", json={"memory_mib": 192, "vcpus": 2, "description": "edited",
+                                               "cdrom": str(stack.dir / "images" / "guest.qcow2")})
+    xml = virsh("dumpxml", "vmt-guest", "--inactive").stdout
+    assert '<memory unit="KiB">196608</memory>' in xml.replace("'", '"') and ">2</vcpu>" in xml
+    assert "<description>edited</description>" in xml and "guest.qcow2" in xml
+    done(api, "PATCH", "/vms/vmt-guest", json={"cdrom": None, "vcpus": 1})
+    assert "guest.qcow2" not in virsh("dumpxml", "vmt-guest", "--inactive").stdout
+    too_big = call("PATCH", "/vms/vmt-guest", json={"memory_mib": 10 << 20})
+    assert too_big.status_code == 400 and "available to VMs" in too_big.json()["error"]["fields"]["memory_mib"]
+    fixed = call("PATCH", "/vms/vmt-guest", json={"name": "other"})
+    assert fixed.status_code == 400
+    before = log_size(stack, "vmt-guest")
+    done(api, "POST", "/vms/vmt-guest/actions/start", json={})
+    heartbeat(stack, "vmt-guest", before)                       # boots with its new definition
+    wait_until(lambda: call("GET", "/vms/vmt-guest").json()["status"]["state"] == "running", 30, "running")
+    running = call("PATCH", "/vms/vmt-guest", json={"memory_mib": 128})
+    assert running.status_code == 409 and "shut it down to change memory_mib" in running.json()["error"]["message"]
+    assert call("PATCH", "/vms/vmt-guest", json={"description": "while running"}).status_code == 202
+    done(api, "POST", "/vms/vmt-guest/actions/poweroff", json={})

@@ -78,3 +78,12 @@ def test_a_clone_keeps_the_hardware_and_gets_a_new_identity():
 def test_paths_put_each_vm_in_its_own_subvolume_and_snapshots_beside_the_volumes():
     assert model.disk_path("/pools", "tank", "web", "disk0") == "/pools/tank/vms/web/disk0.raw"
     assert model.snapshot_path("/pools/", "tank", "web", "s1") == "/pools/tank/.snapshots/vms/web/s1"
+
+
+def test_an_edit_is_checked_like_a_new_vm_and_changes_only_what_it_names():
+    assert model.check_edit({"memory_mib": 2048, "cdrom": None, "autostart": True}, NODE, "node-a") == {
+        "memory_mib": 2048, "cdrom": None, "autostart": True}
+    with pytest.raises(ValidationError) as refused:
+        model.check_edit({"vcpus": 5, "cdrom": "x.iso", "description": 7, "autostart": "no"}, NODE, "node-a")
+    assert set(refused.value.fields) == {"vcpus", "cdrom", "description", "autostart"}
+    assert "has 4 CPUs" in refused.value.fields["vcpus"]

@@ -3,6 +3,9 @@
     cairnctl vm list | show NAME
     cairnctl vm create NAME --pool P [--vcpus N] [--memory MIB] [--disk 20G ...] [--firmware uefi|bios]
                        [--iso PATH] [--bridge br0] [--autostart] [--description D] [--wait]
+                       [--import IMAGE] [--user U] [--ssh-key FILE ...] [--password-stdin]   (cloud images)
+    cairnctl vm set NAME [--vcpus N] [--memory MIB] [--iso PATH | --eject] [--description D]
+                    [--autostart | --no-autostart] [--wait]      (vCPUs, memory, ISO: VM stopped)
     cairnctl vm start|poweroff|reboot|pause|resume NAME [--wait]
     cairnctl vm stop NAME [--timeout S] [--force] [--wait]        (ACPI shutdown; --force: power off
                                                                   when the guest does not stop in time)
@@ -21,6 +24,8 @@ the end and exit 1 if it failed (cli/storage.py's finish).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 from cairn.cli.output import show, table
@@ -98,7 +103,30 @@ def cmd_create(client, args) -> int:
             body[key] = value
     if args.disk:
         body["disks"] = [{"size": size} for size in args.disk]
+    if args.image:       # the first disk is made from the image (its --disk size, if given, at least)
+        first = {"import": args.image, **({"size": args.disk[0]} if args.disk else {})}
+        body["disks"] = [first] + [{"size": size} for size in (args.disk or [])[1:]]
+    if args.user or args.ssh_key or args.password_stdin:
+        cloud: dict[str, Any] = {"user": args.user or "cairn"}
+        if args.ssh_key:
+            cloud["ssh_keys"] = [Path(path).read_text().strip() for path in args.ssh_key]
+        if args.password_stdin:
+            cloud["password"] = sys.stdin.readline().rstrip("\n")
+        body["cloud_init"] = cloud
     return finish(client, args, client.call("POST", "/vms", body))
+
+
+def cmd_set(client, args) -> int:
+    body: dict[str, Any] = {}
+    for key, value in (("vcpus", args.vcpus), ("memory_mib", args.memory), ("description", args.description),
+                       ("autostart", args.autostart), ("cdrom", args.iso)):
+        if value is not None:
+            body[key] = value
+    if args.eject:
+        body["cdrom"] = None
+    if not body:
+        raise ValueError("nothing to change: give --vcpus, --memory, --iso/--eject, --description or --autostart")
+    return finish(client, args, client.call("PATCH", f"/vms/{args.name}", body))
 
 
 def cmd_action(client, args) -> int:
@@ -174,6 +202,23 @@ def add_parsers(sub) -> None:
     create.add_argument("--bridge", default="br0", help="the node's bridge for the NIC (default br0)")
     create.add_argument("--autostart", action="store_true", help="start the VM when its node boots")
     create.add_argument("--description")
+    create.add_argument("--import", dest="image", metavar="PATH",
+                        help="make the first disk from this disk image on the node (raw, qcow2, vmdk, vdi, vhdx, vhd)")
+    create.add_argument("--user", help="cloud-init: the guest user to create (cloud images)")
+    create.add_argument("--ssh-key", action="append", metavar="FILE", help="cloud-init: an OpenSSH public key file")
+    create.add_argument("--password-stdin", action="store_true", help="cloud-init: the user's password, from stdin")
+    edit = waiting(vm.add_parser("set", help="change a VM's settings (vCPUs, memory, ISO: VM stopped)"))
+    edit.add_argument("name")
+    edit.add_argument("--vcpus", type=int)
+    edit.add_argument("--memory", type=int, metavar="MIB")
+    edit.add_argument("--description")
+    media = edit.add_mutually_exclusive_group()
+    media.add_argument("--iso", help="attach this ISO image (path on the node)")
+    media.add_argument("--eject", action="store_true", help="remove the ISO image")
+    start = edit.add_mutually_exclusive_group()
+    start.add_argument("--autostart", dest="autostart", action="store_true", default=None)
+    start.add_argument("--no-autostart", dest="autostart", action="store_false")
+    edit.set_defaults(func=cmd_set)
     create.set_defaults(func=cmd_create)
 
     for action, text in (("start", "start a VM"), ("stop", "shut a VM down (ACPI)"),

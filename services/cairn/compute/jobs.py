@@ -181,6 +181,15 @@ def run_create(ctx, params: dict[str, Any]) -> dict[str, Any]:
     return {"vm": vm.name, "accel": backend.accel, "path": backend.vm_dir(vm)}
 
 
+@job_kind("vm.redefine", title="Apply the new settings of VM {vm}", check_params=check_vm, locks=vm_lock)
+def run_redefine(ctx, params: dict[str, Any]) -> dict[str, Any]:
+    backend = compute(ctx)
+    vm = get_vm(ctx.store, params["vm"])
+    backend.redefine(vm)
+    return {"vm": vm.name, "vcpus": vm.vcpus, "memory_mib": vm.memory_mib, "cdrom": vm.cdrom,
+            "autostart": vm.autostart}
+
+
 @job_kind("vm.start", title="Start VM {vm}", check_params=check_vm, locks=vm_lock)
 def run_start(ctx, params: dict[str, Any]) -> dict[str, Any]:
     backend = compute(ctx)

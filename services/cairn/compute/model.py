@@ -274,6 +274,32 @@ def check_vm(data: Any, *, node: str, capacity: Capacity, taken_names: Iterable[
               cdrom, autostart, description, {}, now, cloud_init)
 
 
+def check_edit(data: dict[str, Any], capacity: Capacity, node: str) -> dict[str, Any]:
+    """The settings an edit changes (vcpus, memory_mib, description, autostart, cdrom), checked
+    like a new VM's; every problem at once."""
+    problems: dict[str, str] = {}
+    changes: dict[str, Any] = {}
+    if "vcpus" in data or "memory_mib" in data:
+        vcpus, memory = check_resources(data.get("vcpus", 1), data.get("memory_mib", MEMORY_MIN_MIB),
+                                        capacity, node, problems)
+        changes.update({key: value for key, value in (("vcpus", vcpus), ("memory_mib", memory)) if key in data})
+    if "description" in data:
+        if not isinstance(data["description"], str) or len(data["description"]) > 256:
+            problems["description"] = "must be text of at most 256 characters"
+        changes["description"] = data["description"]
+    if "autostart" in data:
+        if not isinstance(data["autostart"], bool):
+            problems["autostart"] = "must be true or false"
+        changes["autostart"] = data["autostart"]
+    if "cdrom" in data:
+        cdrom = data["cdrom"]
+        if cdrom is not None and (not isinstance(cdrom, str) or not cdrom.startswith("/")):
+            problems["cdrom"] = "must be the absolute path of an ISO image on the node, or null to eject it"
+        changes["cdrom"] = cdrom
+    raise_problems(problems)
+    return changes
+
+
 def cloned(source: Vm, name: str, *, new_uuid: Callable[[], str], macs: list[str], now: float,
            origin: dict[str, str]) -> Vm:
     """The record of a copy of `source` named `name`: new identity (UUID, MACs), same hardware."""

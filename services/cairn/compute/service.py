@@ -122,6 +122,33 @@ class VmService:
             raise ValidationError({"cloud_init.password": "passwords can only be set through the API"})
         return self.runner.run(["openssl", "passwd", "-6", "-stdin"], input=password + "\n").stdout.strip()
 
+    # --- edit --------------------------------------------------------------------------------------
+    EDITABLE = {"vcpus", "memory_mib", "description", "autostart", "cdrom"}
+    NEEDS_STOP = {"vcpus", "memory_mib", "cdrom"}
+
+    def update(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Change a VM's settings; vCPUs, memory and the cdrom only while it is stopped. The record
+        is changed in a compare-and-swap, then vm.redefine gives libvirt the new definition."""
+        entry = self.store.get_entry(VMS + name)
+        if entry is None:
+            raise NotFound(f"no VM named {name!r}", vm=name)
+        vm = model.Vm.from_dict(entry.value)
+        if not isinstance(body, dict) or not body:
+            raise ValidationError({"vm": f"give one or more of {', '.join(sorted(self.EDITABLE))}"})
+        problems: dict[str, str] = {}
+        for key in sorted(set(body) - self.EDITABLE):
+            problems[key] = ("fixed for the VM's life" if key in model.Vm.__dataclass_fields__
+                             else "unknown setting")
+        model.raise_problems(problems)
+        touched = sorted(self.NEEDS_STOP & set(body))
+        if touched and self.running(name):
+            raise Conflict(f"VM {name} is running: shut it down to change {', '.join(touched)}")
+        changes = model.check_edit(body, self.capacity(vm.node), vm.node)
+        updated = model.Vm.from_dict({**vm.to_dict(), **changes})
+        if not self.store.cas(VMS + name, updated.to_dict(), entry.mod_revision):
+            raise Conflict(f"VM {name} changed meanwhile; try again")
+        return self.submit("vm.redefine", vm.node, {"vm": name})
+
     # --- lifecycle -----------------------------------------------------------------------------
     def action(self, name: str, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         vm = get_vm(self.store, name)

@@ -44,6 +44,16 @@ def get_vm(name: str):
     return svc().vm(name)
 
 
+@bp.patch("/vms/<name>")
+@bp.input(vs.VmPatchIn, arg_name="body")
+@bp.output(schemas.JobOut, status_code=202)
+@bp.doc(summary="Change vCPUs, memory or the ISO (VM stopped), description or autostart (any time)",
+        security=SECURITY, responses={202: "Job queued (libvirt gets the new definition)",
+                                      400: "Bad input, or more than the node has", 409: "The VM is running"})
+def update_vm(name: str, body: dict[str, Any]):
+    return svc().update(name, body)
+
+
 @bp.delete("/vms/<name>")
 @bp.input(vs.VmDeleteQuery, location="query", arg_name="query")
 @bp.output(schemas.JobOut, status_code=202)

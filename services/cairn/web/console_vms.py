@@ -93,7 +93,22 @@ def vm_action(name: str, action: str):
                                      force=bool(request.form.get("force"))))
     if action == "snapshot":
         return to_job(service.snapshot(name, {"name": request.form.get("snapshot_name", "").strip() or None}))
+    if action == "edit":
+        return to_job(service.update(name, edit_body(service.vm(name))))
     raise ValidationError({"action": f"unknown VM action {action!r}"})
+
+
+def edit_body(current: dict) -> dict:
+    """What the settings form changes (only fields that differ, so a running VM can still get a new
+    description or autostart without touching what needs it stopped)."""
+    wanted = {"vcpus": form_int("vcpus", current["vcpus"]), "memory_mib": form_int("memory_mib", current["memory_mib"]),
+              "cdrom": request.form.get("cdrom", "").strip() or None,
+              "description": request.form.get("description", "").strip(),
+              "autostart": bool(request.form.get("autostart"))}
+    changed = {key: value for key, value in wanted.items() if value != current.get(key)}
+    if not changed:
+        raise ValidationError({"settings": "nothing changed"})
+    return changed
 
 
 @bp.post("/vms/<name>/snapshots/<snapshot>/<action>")

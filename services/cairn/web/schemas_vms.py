@@ -105,3 +105,11 @@ class VmSerialOut(Schema):
     vm = String(metadata=d("VM name"))
     size = Integer(metadata=d("The whole log's size in bytes"))
     text = String(metadata=d("Its last 64 KiB, as UTF-8 (undecodable bytes replaced)"))
+
+
+class VmPatchIn(Schema):
+    vcpus = Raw(metadata=d("Virtual CPUs (VM stopped)"))
+    memory_mib = Raw(metadata=d("Memory in MiB (VM stopped)"))
+    cdrom = Raw(allow_none=True, metadata=d("ISO image path on the node, or null to eject it (VM stopped)"))
+    description = Raw(metadata=d("Free text, up to 256 characters"))
+    autostart = Raw(metadata=d("Start the VM when its node boots"))
