@@ -24,6 +24,34 @@ from cairn.runner import Daemon, Runner
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "build" / "test-artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# The canvas noVNC draws into shows something (not one flat colour): the VM's screen arrived.
+CANVAS_HAS_PICTURE = """() => {
+  const canvas = document.querySelector('#screen canvas');
+  if (!canvas || !canvas.width || !canvas.height) return false;
+  const d = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  for (let i = 4; i < d.length; i += 4)
+    if (d[i] !== d[0] || d[i + 1] !== d[1] || d[i + 2] !== d[2]) return true;
+  return false;
+}"""
+
+
+@contextlib.contextmanager
+def console_page(url: str, password: str):
+    """A logged-in chromium page on a node's web console (Playwright, Debian's chromium)."""
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(ignore_https_errors=True, base_url=url).new_page()
+            page.goto("/login")
+            page.fill("input[name=password]", password)
+            page.click("button[type=submit]")
+            page.wait_for_selector("header nav")
+            yield page
+        finally:
+            browser.close()
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):

@@ -23,13 +23,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from cairn.compute.domain import parse_macs
 from cairn.compute.hypervisor import Hypervisor
 from cairn.compute.vms import Compute, get_vm
 from cairn.errors import ExecutionError
 from cairn.runner import Runner
-from support import ARTIFACTS, VM_BRIDGE as BRIDGE, finish_job, libvirt_host, storage_stack, virsh, wait_until
+from support import (ARTIFACTS, CANVAS_HAS_PICTURE, VM_BRIDGE as BRIDGE, console_page, finish_job, libvirt_host,
+                     storage_stack, virsh, wait_until)
+from vnc_client import Console
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST = REPO / "build" / "guest" / "cairn-testguest.img"
@@ -394,3 +397,39 @@ def test_a_stopped_vm_is_edited_and_libvirt_gets_the_new_definition(api):
     assert running.status_code == 409 and "shut it down to change memory_mib" in running.json()["error"]["message"]
     assert call("PATCH", "/vms/vmt-guest", json={"description": "while running"}).status_code == 202
     done(api, "POST", "/vms/vmt-guest/actions/poweroff", json={})
+
+
+def test_the_console_shows_the_vm_screen_over_the_websocket_relay_and_in_novnc(api):
+    stack, call, session = api
+    done(api, "POST", "/vms", json={"name": "vmt-screen", "pool": "tank", "vcpus": 1, "memory_mib": 128,
+                                    "firmware": "bios", "cpu_model": "qemu64", "disks": [{"import": str(GUEST)}],
+                                    "nics": [{"bridge": BRIDGE}]})
+    token = session.headers["Authorization"].removeprefix("Bearer ")
+    path = "/api/v1/vms/vmt-screen/vnc"
+    stopped = Console(stack.url, path, token, stack.ca)
+    assert stopped.status == 409 and "start it" in stopped.body, (stopped.head, stopped.body)
+    done(api, "POST", "/vms/vmt-screen/actions/start", json={})
+    wait_until(lambda: (call("GET", "/vms/vmt-screen").json().get("status") or {}).get("vnc_port"), 30,
+               "the VM's VNC port")
+    assert Console(stack.url, path, None, stack.ca).status == 401                     # no login
+    assert Console(stack.url, path, token, stack.ca, origin="https://elsewhere.example").status == 401
+    plain = call("GET", "/vms/vmt-screen/vnc")
+    assert plain.status_code == 400 and "Upgrade: websocket" in plain.json()["error"]["message"]
+
+    console = Console(stack.url, path, token, stack.ca)
+    assert console.status == 101 and "Sec-WebSocket-Protocol: binary" in console.head
+    width, height, name = console.rfb_init()                # QEMU's own VNC server, through the relay
+    assert width >= 640 and height >= 400 and "vmt-screen" in name
+    console.close()
+
+    with console_page(stack.url, stack.password) as page:
+        page.goto("/vms/vmt-screen")
+        page.click("#open-console")
+        expect(page.locator("#screen")).to_have_attribute("data-state", "connected", timeout=30_000)
+        page.wait_for_function(CANVAS_HAS_PICTURE, timeout=60_000)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "vm-console.png"))
+        done(api, "POST", "/vms/vmt-screen/actions/poweroff", json={})
+        expect(page.locator("#screen")).to_have_attribute("data-state", "disconnected", timeout=30_000)
+        expect(page.locator("#screen-status")).to_contain_text("closed")
+    done(api, "DELETE", "/vms/vmt-screen")

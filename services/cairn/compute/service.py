@@ -116,6 +116,21 @@ class VmService:
             return {"vm": name, "size": 0, "text": ""}
         return {"vm": name, "size": size, "text": data.decode("utf-8", errors="replace")}
 
+    def vnc_address(self, name: str) -> tuple[str, int]:
+        """Where the VM's screen is served (VNC on its node's loopback), for the console's WebSocket
+        relay; Conflict saying why when there is none to show."""
+        vm = get_vm(self.store, name)
+        if vm.node != self.local_node:
+            raise Conflict(f"VM {name} runs on node {vm.node}: open its console from {vm.node}'s web console",
+                           node=vm.node)
+        status = self.status(name)
+        if status.get("state") not in RUNNING:
+            raise Conflict(f"VM {name} is {status.get('state') or 'not running'}: start it to see its screen")
+        port = status.get("vnc_port")
+        if not port:
+            raise Conflict(f"VM {name} has no display yet: its node has not reported the VNC port; try again")
+        return "127.0.0.1", int(port)
+
     def hash_password(self, password: str) -> str:
         """SHA-512 crypt of a guest password (cloud-init's passwd); the password itself is kept nowhere."""
         if self.runner is None:

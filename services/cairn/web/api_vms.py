@@ -3,15 +3,21 @@ writes the records and queues the jobs that the VM's node runs."""
 
 from __future__ import annotations
 
+import logging
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 from apiflask import APIBlueprint
+from flask import Response, request
 
 from cairn.compute.service import VmService
+from cairn.errors import AuthenticationError, CairnError, Conflict, ValidationError
 from cairn.runner import Runner
-from cairn.web import schemas, schemas_vms as vs
+from cairn.web import schemas, schemas_vms as vs, websocket
 from cairn.web.app import services
 
+log = logging.getLogger("cairn.web")
 bp = APIBlueprint("vms", __name__, tag="Virtual machines")
 SECURITY = ["token", "session"]
 
@@ -124,3 +130,46 @@ def restore_snapshot(name: str, snapshot: str, body: dict[str, Any]):
         responses={200: "The log's end", 409: "The VM runs on another node"})
 def serial_log(name: str):
     return svc().serial_log(name, services()["cfg"].compute.log_dir)
+
+
+@bp.get("/vms/<name>/vnc")
+@bp.doc(summary="The VM's screen: a WebSocket (RFB, binary) relayed to its VNC server on the node's loopback",
+        description="What noVNC connects to. Needs a console session (same origin) or a bearer token; "
+                    "answers 101 and then relays until either side closes.", security=SECURITY,
+        responses={101: "Switching to WebSocket", 400: "Not a WebSocket request",
+                   409: "The VM is not running, has no display yet, or runs on another node"})
+def vnc(name: str):
+    origin = request.headers.get("Origin")
+    if origin and urlsplit(origin).netloc != request.host:
+        raise AuthenticationError(f"a WebSocket from {origin} may not open this console (cross-site)")
+    try:
+        answer, _ = websocket.handshake({k.lower(): v for k, v in request.headers.items()})
+    except ValueError as exc:
+        raise ValidationError({"headers": str(exc)}) from None
+    address = svc().vnc_address(name)
+    raw = request.environ.get("gunicorn.socket")
+    if raw is None:
+        raise CairnError("the VM console needs cairn-web under gunicorn (it takes over the connection)")
+    try:
+        target = socket.create_connection(address, timeout=5)
+    except OSError as exc:
+        raise Conflict(f"VM {name}'s display at {address[0]}:{address[1]} does not answer ({exc}); "
+                       "it may have just stopped") from None
+    raw.sendall(answer)
+    why = websocket.relay(raw, target)
+    target.close()
+    log.info("console of VM %s closed: %s", name, why)
+    return _TakenOver()
+
+
+# Werkzeug routes a WebSocket handshake only to rules marked websocket=True (and a plain GET only to
+# unmarked ones): the same view takes both, so a plain GET gets the reason instead of a bare 400.
+bp.add_url_rule("/vms/<name>/vnc", view_func=vnc, websocket=True)
+
+
+class _TakenOver(Response):
+    """The connection now belongs to the relay, which has closed it: nothing more may be written.
+    Raising StopIteration here makes gunicorn drop the connection without an answer."""
+
+    def __call__(self, environ, start_response):
+        raise StopIteration()

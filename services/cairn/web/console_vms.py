@@ -7,9 +7,10 @@ reason. What a VM is doing (state, accelerator, snapshots) is what its node's ag
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from apiflask import APIBlueprint
-from flask import redirect, render_template, request, url_for
+from flask import redirect, render_template, request, send_from_directory, url_for
 
 from cairn.compute import model
 from cairn.compute.service import LIFECYCLE, RUNNING, VmService
@@ -19,6 +20,7 @@ from cairn.storage.pools import list_pools
 from cairn.web.app import services
 
 bp = APIBlueprint("vms_console", __name__, enable_openapi=False)
+NOVNC_DIR = "/usr/share/novnc"        # Debian's novnc package (the image and `make test` install it)
 
 
 def svc() -> VmService:
@@ -79,6 +81,20 @@ def vm(name: str):
     except Conflict as exc:
         serial = {"text": "", "elsewhere": exc.message}
     return render_template("vm.html", vm=record, running=RUNNING, serial=serial)
+
+
+@bp.get("/vms/<name>/console")
+def vm_console(name: str):
+    """The VM's screen in noVNC, over the WebSocket relay of GET /api/v1/vms/<name>/vnc."""
+    record = svc().vm(name)
+    return render_template("vm_console.html", vm=record, running=RUNNING,
+                           here=record["node"] == services()["cfg"].node_name,
+                           novnc=Path(NOVNC_DIR, "core", "rfb.js").exists())
+
+
+@bp.get("/novnc/<path:filename>")
+def novnc(filename: str):
+    return send_from_directory(NOVNC_DIR, filename)
 
 
 @bp.post("/vms/<name>/<action>")
