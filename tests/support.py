@@ -10,6 +10,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -266,3 +267,24 @@ def libvirt_host(base: Path, domain_prefix: str):
             daemon.stop()
         runner.run(["umount", "--lazy", str(mounts)], check=False)
         shutil.rmtree(mounts, ignore_errors=True)
+
+
+# --- the test guest on VM_BRIDGE (host tests and benchmarks) ---------------------------------
+GUEST_IP, HOST_IP = "10.99.0.10", "10.99.0.1"   # net.cfg on its boot partition; HOST_IP on VM_BRIDGE
+
+
+def reachable(url: str) -> bool:
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def guest_run(script: str, timeout: float = 120) -> str:
+    """Run a shell script in the test guest (its /cgi-bin/run, test guests only)."""
+    request = urllib.request.Request(f"http://{GUEST_IP}/cgi-bin/run", data=script.encode(), method="POST")
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=timeout) as reply:
+        body = reply.read().decode()
+        assert reply.headers["X-Cairn-Exit"] == "0", body
+        return body

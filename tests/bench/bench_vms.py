@@ -10,6 +10,9 @@ whose disk holds 1, 10 and 50 GiB of data (CAIRN_BENCH_VM_GIB, default "1,10,50"
   the host disk has room for one copy of the largest data set only);
 - pool space used before and after the 10 clones;
 - a snapshot through the API (median of 5), and restore-as-new through the API.
+Then space reclaim at GiB scale (CAIRN_BENCH_RECLAIM_GIB, default 2): the tiny test guest, booted
+(TCG), makes an ext2 filesystem on a second disk, writes that much data into it, deletes it and
+runs fstrim; printed: the seconds fstrim took and how much of the pool's space came back.
 The API is polled every 5 ms, so the figures are what a client waiting for the job sees.
 """
 
@@ -24,11 +27,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from support import VM_BRIDGE, libvirt_host, storage_stack  # noqa: E402
+from support import (GUEST_IP, HOST_IP, VM_BRIDGE, guest_run, libvirt_host, reachable, storage_stack,  # noqa: E402
+                     wait_until)
 from cairn.runner import Runner  # noqa: E402
 
 SIZES = [int(s) for s in os.environ.get("CAIRN_BENCH_VM_GIB", "1,10,50").split(",")]
 FULL_COPY_MAX_GIB = 10
+RECLAIM_GIB = int(os.environ.get("CAIRN_BENCH_RECLAIM_GIB", "2"))
+GUEST = Path(__file__).resolve().parents[2] / "build" / "guest" / "cairn-testguest.img"
 GIB = 1 << 30
 
 
@@ -64,8 +70,45 @@ def used(path: Path) -> int:
     return os.statvfs(path).f_blocks * os.statvfs(path).f_frsize - os.statvfs(path).f_bfree * os.statvfs(path).f_frsize
 
 
+def pool_used(pool: Path) -> int:
+    Runner().run(["btrfs", "filesystem", "sync", str(pool)])
+    stat = os.statvfs(pool)
+    return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+
+
+def reclaim(session, stack, pool: Path) -> tuple[int, float, int, float]:
+    """The guest writes RECLAIM_GIB GiB on its second disk, deletes it, runs fstrim: (bytes written as
+    seen by the pool, write seconds, bytes the pool got back, fstrim seconds)."""
+    job(session, stack, "POST", "/vms", json={
+        "name": "bvm-trim", "pool": "tank", "vcpus": 1, "memory_mib": 256, "firmware": "bios", "cpu_model": "qemu64",
+        "disks": [{"import": str(GUEST)}, {"size": f"{RECLAIM_GIB + 1}G"}], "nics": [{"bridge": VM_BRIDGE}]})
+    net = pool.parent.parent / "net.cfg"
+    net.write_text(f"IP={GUEST_IP}/24\n")
+    Runner().run(["mcopy", "-o", "-i", f"{pool / 'vms' / 'bvm-trim' / 'disk0.raw'}@@1M", str(net), "::net.cfg"],
+                 env={"MTOOLS_SKIP_CHECK": "1"})
+    Runner().run(["ip", "addr", "replace", f"{HOST_IP}/24", "dev", VM_BRIDGE])
+    job(session, stack, "POST", "/vms/bvm-trim/actions/start", json={})
+    wait_until(lambda: reachable(f"http://{GUEST_IP}/heartbeat"), 180, "the guest's address", interval=0.5)
+    guest_run("mke2fs -q /dev/sdb && mkdir -p /mnt/big && mount -t ext2 /dev/sdb /mnt/big && "
+              "dd if=/dev/urandom of=/tmp/chunk bs=1M count=4 2>/dev/null")
+    empty = pool_used(pool)
+    started = time.monotonic()
+    guest_run(f"i=0; while [ $i -lt {RECLAIM_GIB * 256} ]; do cat /tmp/chunk; i=$((i+1)); done > /mnt/big/data && sync",
+              timeout=3600)
+    write_seconds = time.monotonic() - started
+    written = pool_used(pool) - empty
+    started = time.monotonic()
+    guest_run("rm /mnt/big/data && sync && fstrim /mnt/big", timeout=3600)
+    trim_seconds = time.monotonic() - started
+    freed = empty + written - pool_used(pool)
+    job(session, stack, "POST", "/vms/bvm-trim/actions/poweroff", json={})
+    job(session, stack, "DELETE", "/vms/bvm-trim")
+    return written, write_seconds, freed, trim_seconds
+
+
 def main() -> int:
     rows = []
+    trim = None
     with tempfile.TemporaryDirectory(prefix="cairn-bench-vms-", dir="/var/tmp") as tmp:
         with libvirt_host(Path(tmp), "bvm-") as mounts:
             base = Path(tempfile.mkdtemp(prefix="stack-", dir=mounts))
@@ -101,6 +144,8 @@ def main() -> int:
                                  statistics.median(snaps), restore_seconds))
                     for vm in [f"{name}-{i}" for i in range(1, 11)] + [f"{name}-restored", name]:
                         job(session, stack, "DELETE", f"/vms/{vm}")
+                if RECLAIM_GIB and GUEST.exists():
+                    trim = reclaim(session, stack, pool)
     print("\nVMs (btrfs on a loop device, real libvirtd; API polled every 5 ms)")
     print(f"{'data':>6} {'fill':>7} {'10 clones API':>14} {'job':>7} {'full copy':>10} {'pool used before/after 10 clones':>34} "
           f"{'snapshot API':>13} {'restore API':>12}")
@@ -108,6 +153,13 @@ def main() -> int:
         copy = f"{copy_s:.1f} s" if copy_s is not None else "-"
         print(f"{gib:>4} G {filled:>6.1f}s {clone_s * 1000:>11.0f} ms {job_s * 1000:>4.0f} ms {copy:>10} "
               f"{before / GIB:>15.2f} GiB / {after / GIB:.2f} GiB      {snap_s * 1000:>9.0f} ms {restore_s * 1000:>9.0f} ms")
+    if trim:
+        written, write_s, freed, trim_s = trim
+        print(f"\nSpace reclaim: the guest (TCG) wrote {written / GIB:.2f} GiB into ext2 on a virtio-scsi disk in "
+              f"{write_s:.0f} s, deleted it and ran fstrim: {freed / GIB:.2f} GiB back to the pool in {trim_s:.2f} s "
+              f"({freed / GIB / trim_s * 60:.0f} GiB per minute)")
+    else:
+        print("\nSpace reclaim: skipped (CAIRN_BENCH_RECLAIM_GIB=0 or no test guest: `make guest`)")
     return 0
 
 

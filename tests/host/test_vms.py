@@ -19,7 +19,6 @@ import re
 import shutil
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -30,8 +29,8 @@ from cairn.compute.hypervisor import Hypervisor
 from cairn.compute.vms import Compute, get_vm
 from cairn.errors import ExecutionError
 from cairn.runner import Runner
-from support import (ARTIFACTS, CANVAS_HAS_PICTURE, VM_BRIDGE as BRIDGE, console_page, finish_job, libvirt_host,
-                     storage_stack, virsh, wait_until)
+from support import (ARTIFACTS, CANVAS_HAS_PICTURE, GUEST_IP, HOST_IP, VM_BRIDGE as BRIDGE, console_page, finish_job,
+                     guest_run, libvirt_host, reachable, storage_stack, virsh, wait_until)
 from vnc_client import Console
 
 REPO = Path(__file__).resolve().parents[2]
@@ -260,26 +259,6 @@ def test_delete_removes_everything_or_keeps_the_disks(api):
     reply = call("POST", "/vms", json={"name": "vmt-guest-4", "pool": "tank", "memory_mib": 128,
                                        "disks": [{"size": "16M"}], "nics": [{"mac": mac, "bridge": BRIDGE}]})
     assert reply.status_code == 202, reply.text
-
-
-GUEST_IP, HOST_IP = "10.99.0.10", "10.99.0.1"
-
-
-def reachable(url: str) -> bool:
-    try:
-        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-def guest_run(script: str, timeout: float = 120) -> str:
-    """Run a shell script in the test guest (its /cgi-bin/run, test guests only)."""
-    request = urllib.request.Request(f"http://{GUEST_IP}/cgi-bin/run", data=script.encode(), method="POST")
-    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=timeout) as reply:
-        body = reply.read().decode()
-        assert reply.headers["X-Cairn-Exit"] == "0", body
-        return body
 
 
 def test_a_guests_fstrim_gives_the_space_back_to_the_pool(api):
