@@ -160,7 +160,7 @@ def test_the_volume_stays_while_a_target_uses_it(api):
     stack, call = api
     refused = call("DELETE", "/pools/tank/volumes/luns", params={"confirm": "luns"})
     assert refused.status_code == 409
-    assert refused.json()["error"]["message"] == "volume luns is shared as iSCSI target vmstore: delete those first"
+    assert refused.json()["error"]["message"] == "volume luns is in use by iSCSI target vmstore: delete those first"
 
 
 def test_cairnctl_iscsi(api, tmp_path):

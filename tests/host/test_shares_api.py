@@ -85,7 +85,7 @@ def test_shares_are_checked_and_kept(api):
 def test_nothing_is_deleted_while_referred_to(api):
     stack, call = api
     volume = call("DELETE", "/pools/tank/volumes/office", params={"confirm": "office"})
-    assert volume.status_code == 409 and "shared as Office" in volume.json()["error"]["message"]
+    assert volume.status_code == 409 and "in use by Office" in volume.json()["error"]["message"]
     group = call("DELETE", "/file-groups/staff2")
     assert group.status_code == 409 and "members alice" in group.json()["error"]["message"]
     user = call("DELETE", "/file-users/alice")

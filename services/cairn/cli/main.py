@@ -10,6 +10,7 @@
     cairnctl user|group|share ...                  (shares: see cairn/cli/shares.py)
     cairnctl iscsi ...                             (iSCSI targets: see cairn/cli/iscsi.py)
     cairnctl vm ...                                (virtual machines: see cairn/cli/vms.py)
+    cairnctl image ...                             (uploaded ISO and disk images: see cairn/cli/images.py)
 
 The login is kept in ~/.config/cairn/cli.json (mode 0600): URL, CA file and bearer token.
 Exit codes: 0 ok, 1 the API refused (message printed), 2 bad usage, 3 cannot reach the server.
@@ -28,7 +29,7 @@ from typing import Any
 
 import requests
 
-from cairn.cli import iscsi, shares, storage, vms
+from cairn.cli import images, iscsi, shares, storage, vms
 from cairn.cli.output import render_job, show, table
 
 DEFAULT_URL = "https://127.0.0.1:8443"
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     shares.add_parsers(sub)
     iscsi.add_parsers(sub)
     vms.add_parsers(sub)
+    images.add_parsers(sub)
 
     job = sub.add_parser("job", help="jobs").add_subparsers(dest="action", required=True)
     job_list = job.add_parser("list", help="list jobs, newest first")

@@ -65,12 +65,16 @@ def list_volumes(store: Store, pool: str) -> list[model.Volume]:
 
 
 def shares_using(store: Store, pool: str, volume: str) -> list[str]:
-    """What shares a volume: its shares by name, then "iSCSI target <name>" for each target whose
-    LUN files live in it (records at shares/ and iscsi-targets/, see cairn.shares)."""
+    """What uses a volume: its shares by name, then "iSCSI target <name>" for each target whose
+    LUN files live in it (records at shares/ and iscsi-targets/, see cairn.shares), then "image
+    <file>" for uploaded images when it is the pool's images volume (records at images/<pool>/)."""
     def on_volume(prefix: str) -> list[str]:
         return sorted(e.value["name"] for e in store.list(prefix)
                       if e.value.get("pool") == pool and e.value.get("volume") == volume)
-    return on_volume("shares/") + [f"iSCSI target {name}" for name in on_volume("iscsi-targets/")]
+    images = sorted(e.value.get("name", e.key.rsplit("/", 1)[-1]) for e in store.list(f"images/{pool}/")) \
+        if volume == "images" else []
+    return (on_volume("shares/") + [f"iSCSI target {name}" for name in on_volume("iscsi-targets/")]
+            + [f"image {name}" for name in images])
 
 
 def pools_by_uuid(store: Store) -> dict[str, str]:
@@ -381,7 +385,7 @@ class Storage:
         get_volume(self.store, pool_name, name)
         sharing = shares_using(self.store, pool_name, name)
         if sharing:
-            raise Conflict(f"volume {name} is shared as {', '.join(sharing)}: delete those first",
+            raise Conflict(f"volume {name} is in use by {', '.join(sharing)}: delete those first",
                            shares=sharing)
         pool = self.owned_pool(pool_name)
         self.require_mounted(pool)

@@ -129,8 +129,12 @@ class StorageService:
         sharing = [f"{volume.name}: {user}" for volume in list_volumes(self.store, name)
                    for user in shares_using(self.store, name, volume.name)]
         if sharing:
-            raise Conflict(f"pool {name} is still shared ({'; '.join(sharing)}): delete those first",
+            raise Conflict(f"pool {name} is still in use ({'; '.join(sharing)}): delete those first",
                            shares=sharing)
+        vms = sorted(e.value["name"] for e in self.store.list("vms/") if e.value.get("pool") == name)
+        if vms:
+            raise Conflict(f"pool {name} holds the disks of VM{'s' if len(vms) > 1 else ''} {', '.join(vms)}: "
+                           "delete them first", vms=vms)
         return self.submit("pool.destroy", pool.node, {"pool": name, "confirm": confirm})
 
     def expand_pool(self, name: str, disk_ids: list[str], balance: bool = True) -> dict[str, Any]:
@@ -241,7 +245,7 @@ class StorageService:
         get_volume(self.store, pool_name, name)
         sharing = shares_using(self.store, pool_name, name)
         if sharing:
-            raise Conflict(f"volume {name} is shared as {', '.join(sharing)}: delete those first",
+            raise Conflict(f"volume {name} is in use by {', '.join(sharing)}: delete those first",
                            shares=sharing)
         return self.submit("volume.delete", get_pool(self.store, pool_name).node,
                            {"pool": pool_name, "name": name, "confirm": confirm})

@@ -60,17 +60,19 @@ def create_app(cfg: Config, store: Store | None = None) -> APIFlask:
     registry.load_all()
     _load_secret_key(app)
 
-    from cairn.web import (api, api_iscsi, api_shares, api_storage, api_vms, console, console_shares,
-                           console_storage, console_vms)
+    from cairn.web import (api, api_images, api_iscsi, api_shares, api_storage, api_vms, console,
+                           console_images, console_shares, console_storage, console_vms)
     app.register_blueprint(api.bp, url_prefix=API_PREFIX)
     app.register_blueprint(api_storage.bp, url_prefix=API_PREFIX)
     app.register_blueprint(api_shares.bp, url_prefix=API_PREFIX)
     app.register_blueprint(api_iscsi.bp, url_prefix=API_PREFIX)
     app.register_blueprint(api_vms.bp, url_prefix=API_PREFIX)
+    app.register_blueprint(api_images.bp, url_prefix=API_PREFIX)
     app.register_blueprint(console.bp)
     app.register_blueprint(console_storage.bp)
     app.register_blueprint(console_shares.bp)
     app.register_blueprint(console_vms.bp)
+    app.register_blueprint(console_images.bp)
     app.before_request(_check_json_body)
     app.before_request(_gate)
     _install_error_handlers(app)
@@ -97,8 +99,14 @@ def services(app=None) -> dict[str, Any]:
     return (app or current_app).extensions["cairn"]
 
 
+STREAMED_ENDPOINTS = {"images.upload_image"}    # bodies that are files, read in chunks by the view
+
+
 def _check_json_body() -> None:
-    """A JSON body that does not parse is named as the problem (not a bare 'Bad Request')."""
+    """A JSON body that does not parse is named as the problem (not a bare 'Bad Request').
+    Streamed uploads are let through untouched: reading them here would hold gigabytes in memory."""
+    if request.endpoint in STREAMED_ENDPOINTS:
+        return
     if request.path.startswith("/api/") and request.method in UNSAFE_METHODS and request.get_data():
         if request.is_json:
             try:
