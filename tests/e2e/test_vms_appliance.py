@@ -61,7 +61,7 @@ def finish(api, reply: dict, timeout: float = 600) -> dict:
     def ended():
         job = api.get(f"/jobs/{reply['id']}")
         return job if job["state"] not in ("queued", "running") else None
-    job = wait_until(ended, timeout, f"job {reply['id']}", interval=0.5)
+    job = wait_until(ended, timeout, f"job {reply['id']}", interval=0.1)
     assert job["state"] == "success", f"{job['title']}: {job.get('error')}"
     return job
 

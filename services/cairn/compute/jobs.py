@@ -195,7 +195,7 @@ def run_start(ctx, params: dict[str, Any]) -> dict[str, Any]:
     backend = compute(ctx)
     vm = get_vm(ctx.store, params["vm"])
     backend.start(vm)
-    return {"vm": vm.name, "state": backend.state(vm), "accel": backend.accel}
+    return {"vm": vm.name, "state": backend.publish_status(vm)["state"], "accel": backend.accel}
 
 
 @job_kind("vm.stop", title="Shut VM {vm} down", check_params=check_stop, locks=vm_lock, abortable=True)
@@ -203,8 +203,8 @@ def run_stop(ctx, params: dict[str, Any]) -> dict[str, Any]:
     backend = compute(ctx)
     vm = get_vm(ctx.store, params["vm"])
     ctx.progress(10, "ACPI power button pressed; waiting for the guest")
-    state = backend.stop(vm, params["timeout"], params["force"], should_stop(ctx))
-    return {"vm": vm.name, "state": state}
+    backend.stop(vm, params["timeout"], params["force"], should_stop(ctx))
+    return {"vm": vm.name, "state": backend.publish_status(vm)["state"]}
 
 
 @job_kind("vm.poweroff", title="Power VM {vm} off", check_params=check_vm, locks=vm_lock)
@@ -213,7 +213,7 @@ def run_poweroff(ctx, params: dict[str, Any]) -> dict[str, Any]:
     vm = get_vm(ctx.store, params["vm"])
     if backend.state(vm) != "shutoff":
         backend.hv.poweroff(vm.name)
-    return {"vm": vm.name, "state": backend.state(vm)}
+    return {"vm": vm.name, "state": backend.publish_status(vm)["state"]}
 
 
 def _simple(action: str):
@@ -221,7 +221,7 @@ def _simple(action: str):
         backend = compute(ctx)
         vm = get_vm(ctx.store, params["vm"])
         getattr(backend.hv, action)(vm.name)
-        return {"vm": vm.name, "state": backend.state(vm)}
+        return {"vm": vm.name, "state": backend.publish_status(vm)["state"]}
     return run
 
 

@@ -384,21 +384,21 @@ class Compute:
     def observe(self) -> dict[str, dict]:
         """Publish vm-status/<name> for this node's VMs (state, accelerator, snapshots, VNC port),
         written only when it changed. Returns the statuses by VM name."""
-        found: dict[str, dict] = {}
-        for vm in list_vms(self.store):
-            if vm.node != self.node:
-                continue
-            state = self.state(vm)
-            vnc = None
-            if state in RUNNING:
-                try:
-                    vnc = domain.parse_vnc_port(self.hv.xml(vm.name))
-                except (CairnError, ValueError):
-                    vnc = None
-            status = {"node": self.node, "state": state, "accel": self.accel, "vnc_port": vnc,
-                      "snapshots": self.snapshot_names(vm),
-                      "files": os.path.isdir(self.vm_dir(vm))}
-            found[vm.name] = status
-            if self.store.get(VM_STATUS + vm.name) != status:
-                self.store.put(VM_STATUS + vm.name, status)
-        return found
+        return {vm.name: self.publish_status(vm) for vm in list_vms(self.store) if vm.node == self.node}
+
+    def publish_status(self, vm: model.Vm) -> dict:
+        """What this node sees of one VM, written to vm-status/<name> when it changed. Lifecycle
+        jobs call it before they end, so a client that saw the job done sees the new state too."""
+        state = self.state(vm)
+        vnc = None
+        if state in RUNNING:
+            try:
+                vnc = domain.parse_vnc_port(self.hv.xml(vm.name))
+            except (CairnError, ValueError):
+                vnc = None
+        status = {"node": self.node, "state": state, "accel": self.accel, "vnc_port": vnc,
+                  "snapshots": self.snapshot_names(vm),
+                  "files": os.path.isdir(self.vm_dir(vm))}
+        if self.store.get(VM_STATUS + vm.name) != status:
+            self.store.put(VM_STATUS + vm.name, status)
+        return status

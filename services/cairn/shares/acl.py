@@ -17,7 +17,7 @@ ACL is what is compared, so an unchanged share costs one `getfacl` per pass.
 from __future__ import annotations
 
 from cairn.shares.model import Group, Share, User
-from cairn.shares.smbconf import access_by_user
+from cairn.shares.model import access_by_user
 
 GUEST_UID = 65534                  # nobody: Samba's guest account, NFS's squashed root
 BITS = {"rw": "rwX", "ro": "r-X", "none": "---"}

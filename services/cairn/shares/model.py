@@ -173,6 +173,18 @@ def effective_access(share: Share, user: str, user_groups: Iterable[str]) -> str
     return "none"
 
 
+def access_by_user(share: Share, users: dict[str, User], groups: dict[str, Group]) -> dict[str, str]:
+    """Every known user's effective access to the share, by name (sorted)."""
+    result: dict[str, str] = {}
+    for name in sorted(users):
+        user = users[name]
+        if user.disabled:
+            result[name] = "none"
+            continue
+        result[name] = effective_access(share, name, [g for g in user.groups if g in groups])
+    return result
+
+
 def allocate_id(taken: Iterable[int], first: int = FIRST_ID, last: int = LAST_ID) -> int:
     """The lowest id from `first` to `last` that is not taken."""
     used = {value for value in taken if first <= value <= last}

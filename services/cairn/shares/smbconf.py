@@ -70,7 +70,7 @@ import posixpath
 import re
 from typing import Iterable
 
-from cairn.shares.model import (Group, Share, User, effective_access, share_key, share_name_problem,
+from cairn.shares.model import (Group, Share, User, access_by_user, share_key, share_name_problem,
                                 smb_text_problem, volume_path)
 from cairn.storage.model import AUTO_PREFIX, STAMP, snapshot_dir
 
@@ -152,18 +152,6 @@ def text(value: str, what: str) -> str:
 
 def yes_no(flag: bool) -> str:
     return "yes" if flag else "no"
-
-
-def access_by_user(share: Share, users: dict[str, User], groups: dict[str, Group]) -> dict[str, str]:
-    """Every known user's effective access to the share, by name (sorted)."""
-    result: dict[str, str] = {}
-    for name in sorted(users):
-        user = users[name]
-        if user.disabled:
-            result[name] = "none"
-            continue
-        result[name] = effective_access(share, name, [g for g in user.groups if g in groups])
-    return result
 
 
 def share_options(share: Share, users: dict[str, User], groups: dict[str, Group],
