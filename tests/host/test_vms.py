@@ -412,3 +412,22 @@ def test_the_console_shows_the_vm_screen_over_the_websocket_relay_and_in_novnc(a
         expect(page.locator("#screen")).to_have_attribute("data-state", "disconnected", timeout=30_000)
         expect(page.locator("#screen-status")).to_contain_text("closed")
     done(api, "DELETE", "/vms/vmt-screen")
+
+
+def test_a_running_vm_with_a_guest_agent_is_snapshotted_quiesced(api):
+    stack, call, _ = api
+    done(api, "POST", "/vms", json={"name": "vmt-qga", "pool": "tank", "vcpus": 1, "memory_mib": 128,
+                                    "firmware": "bios", "cpu_model": "qemu64", "disks": [{"import": str(GUEST)}],
+                                    "nics": [{"bridge": BRIDGE}]})
+    done(api, "POST", "/vms/vmt-qga/actions/start", json={})
+    heartbeat(stack, "vmt-qga")
+    # The test guest answers the guest-agent port (image/guest/rootfs/usr/sbin/cairn-qga): libvirt
+    # freezes /data through it for the snapshot and thaws it after.
+    wait_until(lambda: '"return"' in virsh("qemu-agent-command", "vmt-qga", '{"execute":"guest-ping"}',
+                                           check=False).stdout, 60, "the guest agent to answer", interval=1)
+    job = done(api, "POST", "/vms/vmt-qga/snapshots", json={"name": "quiet"})
+    assert job["result"]["quiesced"] is True and job["result"]["running"] is True, job["result"]
+    log = (stack.dir / "vm-logs" / "vmt-qga.log").read_text(errors="replace")
+    froze, thawed = log.rfind("CAIRN-QGA froze /data"), log.rfind("CAIRN-QGA thawed /data")
+    assert 0 <= froze < thawed, "the guest did not see freeze then thaw"
+    done(api, "DELETE", "/vms/vmt-qga", timeout=120, params={"force": "true"})
