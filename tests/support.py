@@ -38,6 +38,18 @@ CANVAS_HAS_PICTURE = """() => {
 }"""
 
 
+def goto(page, path: str, attempts: int = 4):
+    """page.goto, again when chromium aborted it because the host's network changed (a VM's tap
+    device coming or going, or its IPv6 link-local address appearing, is such a change)."""
+    for attempt in range(attempts):
+        try:
+            return page.goto(path)
+        except Exception as exc:              # playwright's Error; only this one cause is retried
+            if "ERR_NETWORK_CHANGED" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def console_page(url: str, password: str):
     """A logged-in chromium page on a node's web console (Playwright, Debian's chromium)."""
@@ -46,7 +58,7 @@ def console_page(url: str, password: str):
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         try:
             page = browser.new_context(ignore_https_errors=True, base_url=url).new_page()
-            page.goto("/login")
+            goto(page, "/login")
             page.fill("input[name=password]", password)
             page.click("button[type=submit]")
             page.wait_for_selector("header nav")

@@ -2,7 +2,7 @@
 guest uploaded as a qcow2 into the pool's images volume, imported as a VM disk, booted under the
 appliance's libvirt (TCG inside TCG: nested KVM has crashed appliances, see qemu-testbed/README.md),
 its screen read over the console's WebSocket (RFB) and drawn by noVNC in chromium; a snapshot of the
-running VM, a write in the guest, the snapshot restored as a new VM that boots with the old data;
+running VM (quiesced through the guest-agent port), a write in the guest, the snapshot restored as a new VM that boots with the old data;
 fstrim in the guest giving the space back to the pool (and to the VM's space figures); ten clones
 in one job, with their own MACs, two of them booted. The guests sit on the appliance's br0, on the
 testbed's LAN segment, where dnsmasq gives them fixed addresses: the test reaches them from the
@@ -21,7 +21,7 @@ from playwright.sync_api import expect
 
 from cairn.runner import Runner
 from cairn_testbed import testbed as testbed_module
-from support import ARTIFACTS, CANVAS_HAS_PICTURE, console_page, wait_until
+from support import ARTIFACTS, CANVAS_HAS_PICTURE, console_page, goto, wait_until
 from vnc_client import Console
 
 REPO_GUEST = ARTIFACTS.parent / "guest" / "cairn-testguest.img"
@@ -150,8 +150,8 @@ def test_the_uploaded_image_boots_as_a_vm_and_its_screen_shows_in_novnc(bed, vm)
     assert width >= 640 and height >= 400 and "guest" in name
     console.close()
     with console_page(node.url, node.succeed("cat /var/lib/cairn/admin-password").strip()) as page:
-        page.goto("/vms/guest")
-        page.click("#open-console")
+        goto(page, "/vms/guest")
+        goto(page, page.get_attribute("#open-console", "href"))
         expect(page.locator("#screen")).to_have_attribute("data-state", "connected", timeout=60_000)
         page.wait_for_function(CANVAS_HAS_PICTURE, timeout=120_000)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -162,8 +162,10 @@ def test_snapshot_of_the_running_vm_restored_as_new_boots_with_the_old_data(bed,
     node, api, ip = vm
     guest_run(node, ip, "echo OLD > /data/marker && sync")
     started = time.monotonic()
-    done(api, "POST", "/vms/guest/snapshots", {"name": "before"})
-    print(f"\nsnapshot of the running VM through the API (job done): {time.monotonic() - started:.2f} s")
+    job = done(api, "POST", "/vms/guest/snapshots", {"name": "before"})
+    print(f"\nsnapshot of the running VM through the API (job done, quiesced: {job['result']['quiesced']}): "
+          f"{time.monotonic() - started:.2f} s")
+    assert job["result"]["quiesced"] is True      # the test guest answers the guest-agent port
     guest_run(node, ip, "echo NEW > /data/marker && sync")
     started = time.monotonic()
     done(api, "POST", "/vms/guest/snapshots/before/restore", {"name": "restored"})

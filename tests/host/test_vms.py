@@ -30,7 +30,7 @@ from cairn.compute.vms import Compute, get_vm
 from cairn.errors import ExecutionError
 from cairn.runner import Runner
 from support import (ARTIFACTS, CANVAS_HAS_PICTURE, GUEST_IP, HOST_IP, VM_BRIDGE as BRIDGE, console_page, finish_job,
-                     guest_run, libvirt_host, reachable, storage_stack, virsh, wait_until)
+                     goto, guest_run, libvirt_host, reachable, storage_stack, virsh, wait_until)
 from vnc_client import Console
 
 REPO = Path(__file__).resolve().parents[2]
@@ -402,8 +402,8 @@ def test_the_console_shows_the_vm_screen_over_the_websocket_relay_and_in_novnc(a
     console.close()
 
     with console_page(stack.url, stack.password) as page:
-        page.goto("/vms/vmt-screen")
-        page.click("#open-console")
+        goto(page, "/vms/vmt-screen")
+        goto(page, page.get_attribute("#open-console", "href"))
         expect(page.locator("#screen")).to_have_attribute("data-state", "connected", timeout=30_000)
         page.wait_for_function(CANVAS_HAS_PICTURE, timeout=60_000)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -431,3 +431,20 @@ def test_a_running_vm_with_a_guest_agent_is_snapshotted_quiesced(api):
     froze, thawed = log.rfind("CAIRN-QGA froze /data"), log.rfind("CAIRN-QGA thawed /data")
     assert 0 <= froze < thawed, "the guest did not see freeze then thaw"
     done(api, "DELETE", "/vms/vmt-qga", timeout=120, params={"force": "true"})
+
+
+def test_a_uefi_vm_starts_on_ovmf_with_its_nvram_in_its_own_subvolume(api):
+    stack, call, _ = api
+    done(api, "POST", "/vms", json={"name": "vmt-uefi", "pool": "tank", "vcpus": 1, "memory_mib": 256,
+                                    "firmware": "uefi", "disks": [{"size": "16M"}], "nics": [{"bridge": BRIDGE}]})
+    done(api, "POST", "/vms/vmt-uefi/actions/start", json={})
+    live = virsh("dumpxml", "vmt-uefi").stdout
+    assert re.search(r"<loader[^>]*type=.pflash.[^>]*>/usr/share/OVMF/OVMF_CODE_4M\.fd</loader>", live), live
+    nvram = vm_dir(stack, "vmt-uefi") / "nvram.fd"
+    assert nvram.exists() and nvram.stat().st_size > 0            # made from OVMF's template, in the VM's subvolume
+    assert virsh("domstate", "vmt-uefi").stdout.strip() == "running"
+    done(api, "POST", "/vms/vmt-uefi/actions/poweroff", json={})
+    done(api, "POST", "/vms/vmt-uefi/clones", json={"names": ["vmt-uefi-copy"]})
+    assert (vm_dir(stack, "vmt-uefi-copy") / "nvram.fd").read_bytes() == nvram.read_bytes()
+    for name in ("vmt-uefi-copy", "vmt-uefi"):
+        done(api, "DELETE", f"/vms/{name}")
