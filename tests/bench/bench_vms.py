@@ -139,6 +139,11 @@ def main() -> int:
                                  for i in range(5)]
                     snaps = [seconds for _, seconds in snap_jobs]
                     snap_job = statistics.median(j["finished_at"] - j["started_at"] for j, _ in snap_jobs)
+                    pickup = statistics.median(j["started_at"] - j["created_at"] for j, _ in snap_jobs)
+                    print(f"snapshot {gib} GiB: queued → started {pickup * 1000:.0f} ms, started → done "
+                          f"{snap_job * 1000:.0f} ms, API call → seen done {statistics.median(snaps) * 1000:.0f} ms "
+                          f"(median of 5; {len(session.get(stack.url + '/api/v1/jobs', timeout=60).json()['jobs'])} "
+                          "jobs stored)", flush=True)
                     _, restore_seconds = job(session, stack, "POST", f"/vms/{name}/snapshots/s0/restore",
                                              json={"name": f"{name}-restored"})
                     copy_seconds = None
