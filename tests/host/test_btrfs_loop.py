@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from cairn.errors import Busy, NotFound
+from cairn.errors import Busy, CairnError, Conflict, NotFound
 from cairn.runner import Runner
-from cairn.storage import btrfs
+from cairn.storage import btrfs, btrfs_ioctl
 from support import wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -267,6 +267,35 @@ def test_subvolumes_snapshots_and_the_readonly_flag(lab):
     btrfs.subvolume_delete(run, f"{mnt}/share-copy")
     assert {s.path: s.readonly for s in btrfs.subvolume_list(run, mnt)} == {
         "share": True, "share@monday": False}
+
+
+def test_subvolumes_and_snapshots_made_by_ioctl_are_what_btrfs_progs_sees(lab):
+    devices = lab.devices(1, 300)
+    lab.mkfs(devices, "single", "dup")
+    mnt = lab.mountpoint()
+    btrfs.mount(run, devices[0], mnt)
+    btrfs.quota_enable(run, mnt)
+    btrfs_ioctl.subvolume_create(f"{mnt}/vm")
+    write(f"{mnt}/vm/disk0.raw", 2)
+    btrfs_ioctl.snapshot(f"{mnt}/vm", f"{mnt}/vm@before")
+    btrfs_ioctl.snapshot(f"{mnt}/vm", f"{mnt}/vm-copy", readonly=False)
+    listed = {s.path: s for s in btrfs.subvolume_list(run, mnt)}
+    assert {p: s.readonly for p, s in listed.items()} == {"vm": False, "vm@before": True, "vm-copy": False}
+    assert listed["vm@before"].parent_uuid == listed["vm-copy"].parent_uuid == listed["vm"].uuid
+    assert Path(f"{mnt}/vm@before/disk0.raw").read_bytes() == Path(f"{mnt}/vm/disk0.raw").read_bytes()
+    with pytest.raises(OSError) as caught:
+        write(f"{mnt}/vm@before/new", 1)
+    assert caught.value.errno == errno.EROFS
+    # The kernel made each one's level-0 qgroup, as for btrfs-progs: the space figures see them.
+    btrfs.filesystem_sync(run, mnt)
+    groups = {q.qgroupid for q in btrfs.qgroup_show(run, mnt)}
+    assert {f"0/{listed[p].id}" for p in ("vm", "vm@before", "vm-copy")} <= groups
+    with pytest.raises(Conflict, match="exists already"):
+        btrfs_ioctl.snapshot(f"{mnt}/vm", f"{mnt}/vm@before")
+    with pytest.raises(Conflict, match="exists already"):
+        btrfs_ioctl.subvolume_create(f"{mnt}/vm")
+    with pytest.raises(CairnError, match="cannot open subvolume"):
+        btrfs_ioctl.snapshot(f"{mnt}/nothing", f"{mnt}/x")
 
 
 def test_quota_limit_refuses_writes_and_snapshots_share_their_data(lab):
