@@ -11,7 +11,8 @@ APT_PACKAGES := etcd-server etcd-client chromium python3-venv python3-dev btrfs-
 	iproute2 util-linux fonts-dejavu-core ca-certificates samba-common-bin \
 	samba smbclient libnss-wrapper acl mtools dosfstools \
 	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils ovmf \
-	libvirt-dev pkg-config gcc libxml2-utils novnc
+	libvirt-dev pkg-config gcc libxml2-utils novnc \
+	xorriso isolinux
 
 .PHONY: test unit e2e dev bench deps apt venv clean
 

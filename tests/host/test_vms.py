@@ -448,3 +448,41 @@ def test_a_uefi_vm_starts_on_ovmf_with_its_nvram_in_its_own_subvolume(api):
     assert (vm_dir(stack, "vmt-uefi-copy") / "nvram.fd").read_bytes() == nvram.read_bytes()
     for name in ("vmt-uefi-copy", "vmt-uefi"):
         done(api, "DELETE", f"/vms/{name}")
+
+
+def make_guest_iso(workdir: Path) -> Path:
+    """A bootable ISO (isolinux) with the test guest's kernel and initramfs: the guest's whole
+    userland lives in its initramfs, so it runs from the CD alone."""
+    tree = workdir / "iso"
+    (tree / "isolinux").mkdir(parents=True)
+    for name in ("bzImage", "initrd.gz"):
+        Runner().run(["mcopy", "-i", f"{GUEST}@@1M", f"::{name}", str(tree / name)], env={"MTOOLS_SKIP_CHECK": "1"})
+    shutil.copy("/usr/lib/ISOLINUX/isolinux.bin", tree / "isolinux")
+    shutil.copy("/usr/lib/syslinux/modules/bios/ldlinux.c32", tree / "isolinux")
+    (tree / "isolinux" / "isolinux.cfg").write_text(
+        "DEFAULT cairn\nPROMPT 0\nTIMEOUT 0\nLABEL cairn\n  LINUX /bzImage\n  INITRD /initrd.gz\n"
+        "  APPEND console=ttyS0,115200n8 quiet loglevel=3 panic=5\n")
+    iso = workdir / "guest.iso"
+    Runner().run(["xorriso", "-as", "mkisofs", "-quiet", "-V", "CAIRNCD", "-o", str(iso),
+                  "-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat", "-no-emul-boot",
+                  "-boot-load-size", "4", "-boot-info-table", str(tree)])
+    return iso
+
+
+def test_a_vm_boots_from_its_iso_and_the_iso_is_ejected_while_it_is_stopped(api):
+    stack, call, _ = api
+    iso_dir = stack.dir / "iso-build"
+    iso_dir.mkdir()
+    os.chmod(iso_dir, 0o755)
+    iso = make_guest_iso(iso_dir)
+    done(api, "POST", "/vms", json={"name": "vmt-cd", "pool": "tank", "vcpus": 1, "memory_mib": 128,
+                                    "firmware": "bios", "cpu_model": "qemu64", "disks": [{"size": "16M"}],
+                                    "cdrom": str(iso), "nics": [{"bridge": BRIDGE}]})
+    done(api, "POST", "/vms/vmt-cd/actions/start", json={})
+    heartbeat(stack, "vmt-cd")                  # the disk is empty: only the CD can have booted it
+    live = virsh("dumpxml", "vmt-cd").stdout
+    assert f"<source file='{iso}'" in live and "device='cdrom'" in live
+    done(api, "POST", "/vms/vmt-cd/actions/poweroff", json={})
+    done(api, "PATCH", "/vms/vmt-cd", json={"cdrom": None})
+    assert "device='cdrom'" not in virsh("dumpxml", "vmt-cd").stdout
+    done(api, "DELETE", "/vms/vmt-cd", params={"force": "true"})

@@ -29,6 +29,7 @@ from cairn.cluster import nodes
 from cairn.cluster.store import Store
 from cairn.errors import CairnError
 from cairn.jobs import registry
+from cairn.jobs.model import Job
 from cairn.jobs.executor import Executor
 from cairn.jobs.service import JobService
 from cairn.runner import Runner
@@ -160,8 +161,14 @@ class Agent:
                 # Poll on any job change, or at least every 2 s (lock waits, missed events). One
                 # long-lived watch: etcd delivers a watch that starts behind the current revision
                 # only at its next sync (every 100 ms), which a new watch per job would pay each time.
+                # A job seen queued for this node in the event is offered at once; any other
+                # change (a job ended and freed its locks, an abort) brings a full poll.
                 for event in self.store.watch("job", revision, idle_timeout=2.0, stop=self.stop):
-                    if event is None or event.key.startswith(("jobs/", "job-aborts/")):
+                    if event is not None and event.kind == "put" and event.key.startswith("jobs/") \
+                            and (event.value or {}).get("state") == "queued":
+                        if event.value.get("node") == self.node:
+                            self.executor.offer(Job.from_dict(event.value), event.revision)
+                    elif event is None or event.key.startswith(("jobs/", "job-aborts/")):
                         self.executor.poll()
             except CairnError as exc:
                 log.warning("jobs: %s", exc.message)

@@ -92,13 +92,20 @@ class Executor:
     def poll(self) -> None:
         """Start every queued job of this node whose locks are free; abort queued ones if asked."""
         for job, revision in self.service.queued_for(self.node):
-            with self._guard:
-                if job.id in self._running and self._running[job.id].is_alive():
-                    continue
-            try:
-                self._try_start(job, revision)
-            except Conflict:
-                continue  # someone changed it meanwhile; the next poll sees the new state
+            self.offer(job, revision)
+
+    def offer(self, job: Job, revision: int) -> None:
+        """Start this queued job if its locks are free (as poll does for each): the agent offers a
+        job it has just seen queued in a watch event without listing every job first."""
+        if job.node != self.node or job.state != model.JobState.QUEUED:
+            return
+        with self._guard:
+            if job.id in self._running and self._running[job.id].is_alive():
+                return
+        try:
+            self._try_start(job, revision)
+        except Conflict:
+            pass  # someone changed it meanwhile; the next poll sees the new state
 
     def _try_start(self, job: Job, revision: int) -> None:
         if self.service.abort_requested(job.id):
