@@ -18,9 +18,7 @@ import time
 from typing import Any, BinaryIO, Callable
 from urllib.parse import quote
 
-import requests
-
-from cairn.cli.output import show, table
+from cairn.cli.output import ApiError, show, table
 from cairn.cli.storage import human
 
 IMAGE_COLUMNS = [("POOL", "pool"), ("NAME", "name"), ("KIND", "kind"), ("FORMAT", "format"), ("SIZE", "size"),
@@ -82,13 +80,17 @@ def cmd_upload(client, args) -> int:
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
     size = os.stat(path).st_size
-    url = f"{client.url}/api/v1/images/{quote(args.pool, safe='')}/{quote(name, safe='')}"
-    # The client's own error class: cli.main imports this module, and may run as __main__ (python -m).
-    ApiError = sys.modules[type(client).__module__].ApiError   # noqa: N806
+    where = f"/images/{quote(args.pool, safe='')}/{quote(name, safe='')}"
+    # Ask first what would be refused at once: a refusal that comes while the file is still being
+    # sent can be lost with the connection. Only the pool's node takes the upload.
+    here = client.call("GET", "/health")["node"]
+    pool_node = client.call("GET", f"/pools/{quote(args.pool, safe='')}")["node"]
+    if pool_node != here:
+        raise ApiError(409, f"pool {args.pool} is on node {pool_node}: upload through the console or API of "
+                            f"{pool_node} (this is {here}; --url)")
     if not args.overwrite:
-        # Ask first: a refusal that comes while gigabytes are still being sent can be lost with the connection.
         try:
-            client.call("GET", f"/images/{quote(args.pool, safe='')}/{quote(name, safe='')}")
+            client.call("GET", where)
         except ApiError as exc:
             if exc.status != 404:
                 raise
@@ -108,22 +110,12 @@ def cmd_upload(client, args) -> int:
 
     with open(path, "rb") as handle:
         try:
-            reply = client.session.put(url, data=Upload(handle, size, report), params={"overwrite": "true"}
-                                       if args.overwrite else None,
-                                       headers={"Content-Type": "application/octet-stream"},
-                                       timeout=UPLOAD_TIMEOUT, verify=client.verify)
-        except requests.RequestException as exc:
-            raise ConnectionError(f"the upload to {client.url} broke off: {exc.__class__.__name__}") from None
+            image = client.send("PUT", where, params={"overwrite": "true"} if args.overwrite else None,
+                                timeout=UPLOAD_TIMEOUT, data=Upload(handle, size, report),
+                                headers={"Content-Type": "application/octet-stream"})
         finally:
             if tty:
                 sys.stderr.write("\n")
-    if reply.status_code >= 400:
-        try:
-            message = reply.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = reply.text[:200] or reply.reason
-        raise ApiError(reply.status_code, message)
-    image = reply.json()
     show(image, args.json, lambda i: f"uploaded {i['pool']}/{i['name']}: {i['kind']} ({i['format']}, "
                                      f"{human(i['size'])}) at {i['path']} on {i['node']}")
     return 0

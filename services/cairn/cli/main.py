@@ -30,16 +30,9 @@ from typing import Any
 import requests
 
 from cairn.cli import images, iscsi, shares, storage, vms
-from cairn.cli.output import render_job, show, table
+from cairn.cli.output import ApiError, render_job, show, table
 
 DEFAULT_URL = "https://127.0.0.1:8443"
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def state_path() -> Path:
@@ -71,10 +64,17 @@ class Client:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
     def call(self, method: str, path: str, body: dict | None = None, params: dict | None = None) -> Any:
+        return self.send(method, path, params=params, json=body)
+
+    def send(self, method: str, path: str, params: dict | None = None, timeout: float = 30, **kwargs) -> Any:
+        """One request (kwargs as requests takes them: json=, or data= and headers= for an upload);
+        the reply's JSON, or ApiError with the API's message."""
         try:
-            reply = self.session.request(method, f"{self.url}/api/v1{path}", json=body, params=params, timeout=30,
-                                         verify=self.verify)
+            reply = self.session.request(method, f"{self.url}/api/v1{path}", params=params, timeout=timeout,
+                                         verify=self.verify, **kwargs)
         except requests.exceptions.SSLError as exc:
+            if "certificate" not in str(exc).lower():    # the connection broke, e.g. during an upload
+                raise ConnectionError(f"the connection to {self.url} broke off ({exc.__class__.__name__})") from None
             raise ConnectionError(f"TLS check of {self.url} failed ({exc.__class__.__name__}); "
                                   "pass --ca <ca.pem> of the cluster, or --insecure") from None
         except requests.RequestException as exc:

@@ -39,3 +39,11 @@ def render_job(job: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+class ApiError(Exception):
+    """What the API refused: its HTTP status and message (the commands' modules raise it too; it
+    lives here, not in main, because main may run as __main__)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
