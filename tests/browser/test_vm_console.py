@@ -268,3 +268,16 @@ def test_the_settings_form_edits_a_stopped_vm(rig):
         assert (2048, "/pools/far/iso/rescue.iso", 1) == (record["memory_mib"], record["cdrom"], record["vcpus"])
     finally:
         stack.store().put("vms/db", before)
+
+
+def test_the_screen_of_a_vm_on_another_node_is_refused_naming_that_node(rig):
+    stack, session, page = rig
+    reply = session.get(stack.url + "/api/v1/vms/web/vnc", headers={
+        "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert (reply.status_code, reply.json()["error"]["message"]) == (
+        409, f"VM web runs on node {FAR}: open its console from {FAR}'s web console")
+    page.goto("/vms/web/console")
+    expect(page.locator("#screen-status")).to_have_text(
+        f"VM web runs on node {FAR}: open its console from {FAR}'s web console.")
+    assert page.locator("#screen").count() == 0

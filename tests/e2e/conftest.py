@@ -84,7 +84,17 @@ def boot(base: Path, name: str, data_disks: list | None = None) -> Appliance:
     started = time.monotonic()
     machine.start()
     appliance = Appliance(machine, https_port, ssh_port, base)
-    seen = appliance.wait_ready()
+    try:
+        seen = appliance.wait_ready()
+    except BaseException:
+        # A boot that failed (a kernel panic under TCG has been seen) must not leave QEMU spinning
+        # on the 2 cores for the rest of the suite; its serial log is kept for the report.
+        keep = ARTIFACTS / "e2e"
+        keep.mkdir(parents=True, exist_ok=True)
+        if machine.spec.serial_log.exists():
+            shutil.copy(machine.spec.serial_log, keep / f"{name}-failed-boot-serial.log")
+        machine.kill()
+        raise
     print(f"[{name}] {chosen.name}: SSH after {seen['ssh']:.0f} s, console after {seen['console']:.0f} s "
           f"({time.monotonic() - started:.0f} s wall)")
     return appliance

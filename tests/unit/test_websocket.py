@@ -113,14 +113,21 @@ def vnc_server():
     server.close()
 
 
-def test_relay_moves_bytes_both_ways_answers_pings_and_ends_on_close(vnc_server):
-    address, seen = vnc_server
+def start_relay(address) -> tuple[socket.socket, threading.Thread, list[str]]:
+    """The relay between one end of a socketpair (the browser's side, returned) and `address`, in a
+    thread; the list gets why it ended."""
     browser, relay_end = socket.socketpair()
     target = socket.create_connection(address)
     result: list[str] = []
     thread = threading.Thread(target=lambda: result.append(ws.relay(relay_end, target)), daemon=True)
     thread.start()
     browser.settimeout(10)
+    return browser, thread, result
+
+
+def test_relay_moves_bytes_both_ways_answers_pings_and_ends_on_close(vnc_server):
+    address, seen = vnc_server
+    browser, thread, result = start_relay(address)
     assert read_messages(browser, 1) == [(ws.BINARY, b"RFB 003.008\n")]
     browser.sendall(ws.encode(ws.BINARY, b"rfb 003.008\n", mask=b"1234"))
     assert read_messages(browser, 1) == [(ws.BINARY, b"RFB 003.008\n")]
@@ -134,12 +141,7 @@ def test_relay_moves_bytes_both_ways_answers_pings_and_ends_on_close(vnc_server)
 
 def test_relay_answers_an_unmasked_frame_with_close_1002(vnc_server):
     address, _ = vnc_server
-    browser, relay_end = socket.socketpair()
-    target = socket.create_connection(address)
-    result: list[str] = []
-    thread = threading.Thread(target=lambda: result.append(ws.relay(relay_end, target)), daemon=True)
-    thread.start()
-    browser.settimeout(10)
+    browser, thread, result = start_relay(address)
     read_messages(browser, 1)
     browser.sendall(bytes([0x82, 0x01, 0x00]))               # unmasked: the relay must refuse it
     messages = read_messages(browser, 1)
@@ -150,15 +152,10 @@ def test_relay_answers_an_unmasked_frame_with_close_1002(vnc_server):
 
 def test_relay_closes_the_browser_side_when_the_display_goes():
     server = socket.create_server(("127.0.0.1", 0))
-    browser, relay_end = socket.socketpair()
-    target = socket.create_connection(server.getsockname())
+    browser, thread, result = start_relay(server.getsockname())
     conn, _ = server.accept()
-    result: list[str] = []
-    thread = threading.Thread(target=lambda: result.append(ws.relay(relay_end, target)), daemon=True)
-    thread.start()
     conn.sendall(b"last words")
     conn.close()                                             # the VM stopped
-    browser.settimeout(10)
     messages = read_messages(browser, 2)
     assert messages[0] == (ws.BINARY, b"last words")
     assert messages[1][0] == ws.CLOSE and struct.unpack("!H", messages[1][1][:2]) == (1000,)
