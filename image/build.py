@@ -4,8 +4,9 @@
 Pipeline (every external command goes through ``run()``, argv lists only):
 
     base      mmdebstrap Debian 13 "trixie" (+ updates, security) with BASE_PACKAGES into a tarball
-              under build/cache/, keyed by a hash of the base configuration and of ``build_base``'s
-              own source, so a code-only rebuild skips it.
+              in the machine-wide build cache (/var/cache/cairn-build/base/, see buildkit.py),
+              keyed by a hash of the base configuration and of ``mmdebstrap_base``'s own source, so
+              a code-only rebuild, and every other clone on this machine, skips it.
     tree      unpack the cached base into build/work/rootfs, install Cairn into a venv at /opt/cairn
               (``pip install`` of a wheel built from services/ on the host; runtime dependencies come
               from PyPI inside the chroot), lay rootfs/ over the tree, enable/mask units, and strip
@@ -48,12 +49,15 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from buildkit import CommandFailed, Timer, ensure_host_packages, log, run  # noqa: E402
+from buildkit import (CommandFailed, Timer, cache_lock, ensure_host_packages, log, prune, run,  # noqa: E402
+                      shared_cache, touch)
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "build"
-CACHE = BUILD / "cache"
 WORK = BUILD / "work"
+BASE_CACHE = shared_cache() / "base"     # base rootfs tarballs, by base_key()
+PIP_CACHE = shared_cache() / "pip"       # pip's cache for the venv installed in the chroot
+BASES_KEPT = 3                           # a few keys, for clones at different commits
 
 # Host packages (Debian 12) that the build and `make run` use.
 HOST_PACKAGES = [
@@ -152,8 +156,10 @@ ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 ROOT_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"  # Linux root (x86-64)
 ROOT_LABEL = "cairn-root"
 # audit=0: without auditd every unit start is printed on the console as an audit record.
+# panic=10: a node whose kernel panics reboots itself after 10 s instead of hanging (a NAS must come
+# back by itself; a hung node would also hold its pools and VMs until someone walks to it).
 KERNEL_CMDLINE = ("rw rootfstype=ext4 rootwait console=tty0 console=ttyS0,115200n8 "
-                  "systemd.show_status=auto audit=0")
+                  "systemd.show_status=auto audit=0 panic=10")
 
 
 # Commands run inside the chroot get this environment, not the host's (whose PIP_*, SSL_* and
@@ -202,7 +208,7 @@ def base_key() -> str:
         "packages": sorted(BASE_PACKAGES), "dpkg": DPKG_OPTIONS,
     }
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    digest.update(inspect.getsource(build_base).encode())
+    digest.update(inspect.getsource(mmdebstrap_base).encode())
     return digest.hexdigest()[:16]
 
 
@@ -228,18 +234,27 @@ def disk_usage_bytes(root: Path) -> int:
 
 
 def base_tarball() -> Path:
-    return CACHE / f"base-{SUITE}-{base_key()}.tar"
+    return BASE_CACHE / f"base-{SUITE}-{base_key()}.tar"
 
 
 def build_base() -> Path:
-    """mmdebstrap the base rootfs into a tarball (cached by base_key())."""
+    """The base rootfs tarball: from the machine-wide cache, or made there (keyed by base_key())."""
     target = base_tarball()
-    if target.exists():
-        log(f"base rootfs cached: {target.relative_to(REPO)}")
-        return target
-    CACHE.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial.tar")
-    partial.unlink(missing_ok=True)
+    with cache_lock(target):
+        if target.exists():
+            log(f"base rootfs cached: {target}")
+        else:
+            partial = target.with_name(f".{target.stem}.partial.tar")
+            partial.unlink(missing_ok=True)
+            mmdebstrap_base(partial)
+            partial.rename(target)
+        touch(target)
+    prune(BASE_CACHE, f"base-{SUITE}-*.tar", BASES_KEPT)
+    return target
+
+
+def mmdebstrap_base(partial: Path) -> None:
+    """mmdebstrap the base rootfs into a tarball at partial (its source is part of base_key())."""
     sources = [
         f"deb {MIRROR} {SUITE} main",
         f"deb {MIRROR} {SUITE}-updates main",
@@ -253,12 +268,6 @@ def build_base() -> Path:
         SUITE, str(partial), *sources,
     ]
     run(argv)
-    partial.rename(target)
-    for stale in CACHE.glob(f"base-{SUITE}-*.tar"):
-        if stale != target:
-            log(f"removing stale base {stale.name}")
-            stale.unlink()
-    return target
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +346,7 @@ def build_tree(tarball: Path, wheel: Path, root_partuuid: str, image_version: st
     run(["tar", "--extract", "--file", tarball, "--directory", tree, "--preserve-permissions",
          "--numeric-owner", "--xattrs", "--xattrs-include=*"])
 
-    with chroot_mounts(tree, CACHE / "pip"):
+    with chroot_mounts(tree, PIP_CACHE):
         wheel_dir = tree / "tmp" / "cairn-wheels"
         wheel_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(wheel, wheel_dir / wheel.name)

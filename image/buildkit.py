@@ -1,16 +1,27 @@
 """What the appliance build (image/build.py) and the test-guest build (image/guest/build.py) share.
 
 The one door to external commands for both (``run``: argv lists only, never a shell; raises
-``CommandFailed``), their log line, step timings, and host package checks. Standard library only:
-the builds run with the host's /usr/bin/python3 before any virtualenv exists.
+``CommandFailed``), their log line, step timings, host package checks, and the machine-wide build
+cache. Standard library only: the builds run with the host's /usr/bin/python3 before any
+virtualenv exists.
+
+The build cache (``shared_cache()``, /var/cache/cairn-build unless CAIRN_BUILD_CACHE says
+otherwise) holds what is slow to make and the same for every clone of the repository on this
+machine: the base rootfs tarball and the test guest's kernel. Each entry's name carries a hash of
+its inputs, so a changed input makes a new entry (built by the ordinary `make image` / `make guest`
+on the way) and an unchanged one is found by every clone. Entries are written under a temporary
+name and renamed, under a lock (``cache_lock``) so two builds at once make an entry only once;
+``prune`` keeps the few most recently used of a kind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shlex
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -93,3 +104,40 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def shared_cache() -> Path:
+    """The machine-wide build cache (see the module docstring)."""
+    return Path(os.environ.get("CAIRN_BUILD_CACHE") or "/var/cache/cairn-build")
+
+
+@contextlib.contextmanager
+def cache_lock(entry: Path):
+    """Hold an exclusive lock for making one cache entry (another build waits, then finds it made)."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.parent / f".{entry.name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another build making {entry}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def touch(entry: Path) -> None:
+    """Mark a cache entry used now (prune keeps the most recently used)."""
+    with contextlib.suppress(OSError):
+        os.utime(entry)
+
+
+def prune(directory: Path, pattern: str, keep: int) -> None:
+    """Remove all but the `keep` most recently used entries matching pattern in directory (names
+    starting with a dot, locks and entries being made, are never touched)."""
+    entries = sorted((p for p in directory.glob(pattern) if not p.name.startswith(".")),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in entries[keep:]:
+        log(f"cache: removing the least recently used {stale}")
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)

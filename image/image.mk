@@ -1,8 +1,10 @@
 # image/image.mk: the appliance image (issue 3). Included from the top-level Makefile.
 #
 #   make image            build/cairn-$(VERSION)-amd64.img (raw GPT, UEFI) + .qcow2; skipped when
-#                         image/, rootfs/ and services/ are unchanged (the base rootfs is cached in
-#                         build/cache/ by package list, so a code-only change takes well under a minute)
+#                         image/, rootfs/ and services/ are unchanged (the base rootfs is cached by
+#                         package list in the machine-wide /var/cache/cairn-build/base/, shared by every
+#                         clone here, so a code-only change or a fresh clone takes well under a minute;
+#                         CAIRN_BUILD_CACHE=DIR moves that cache)
 #   make image-force      rebuild even if nothing changed
 #   make image-compressed also write build/cairn-$(VERSION)-amd64-compressed.qcow2 (for download)
 #   make image-deps       the Debian packages the build and `make run` need (idempotent)

@@ -15,6 +15,10 @@ from cairn.cluster.store import Store  # noqa: E402
 from cairn.devstack import EtcdCluster  # noqa: E402
 from support import ARTIFACTS, Stack, new_root, start_stack  # noqa: E402
 
+# environment: a skip for a missing tool fails under CI / `make test` (environment.py says why);
+# timing: time by suite and module, printed at the end and kept for `make test`'s phase report.
+pytest_plugins = ["environment", "timing"]
+
 
 # What a test's agent must never change on this machine (stacks keep accounts and Samba's
 # config in a sandbox: cairn.devstack.share_sandbox).

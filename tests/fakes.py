@@ -12,7 +12,7 @@ class RecordingRunner:
         self.answers = answers or {}
         self.calls: list[tuple[str, ...]] = []
 
-    def run(self, argv, *, timeout=60.0, check=True, input=None, env=None, cwd=None) -> Result:
+    def run(self, argv, *, timeout=60.0, check=True, input=None, input_file=False, env=None, cwd=None) -> Result:
         key = tuple(argv)
         self.calls.append(key)
         code, out, err = self.answers.get(key, (0, "", ""))

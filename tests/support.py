@@ -134,7 +134,7 @@ def start_stack(base: Path, node: str = "node-a", storage: config_mod.StorageCon
     etcd = EtcdCluster.create(base / "etcd", 1).start()
     port = free_port()
     cfg = config_mod.Config(node_name=node, etcd_endpoints=tuple(etcd.endpoints), state_dir=base,
-                            web=config_mod.WebConfig(bind=f"127.0.0.1:{port}", workers=2, threads=8),
+                            web=config_mod.WebConfig(bind=f"127.0.0.1:{port}", workers=2),
                             storage=storage or config_mod.StorageConfig(),
                             shares=share_sandbox(base / "shares"),
                             compute=config_mod.ComputeConfig(accel="tcg", log_dir=str(base / "vm-logs")))

@@ -1,7 +1,8 @@
 """A test client for the VM console's WebSocket: opens wss://<node>/api/v1/vms/<vm>/vnc with a bearer
 token and speaks enough RFB (3.8, security type None) to get the ServerInit: the screen's size and
-name, as QEMU's VNC server sends them. Nothing here is shared with the relay's code but the frame
-encoder, so a broken relay cannot hide behind it."""
+name, as QEMU's VNC server sends them. The handshake request is written out here (so tests can leave
+out the token or send a foreign Origin) and the frames are wsproto's client side: nothing is shared
+with the relay's own code, so a broken relay cannot hide behind it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import ssl
 import struct
 from urllib.parse import urlsplit
 
-from cairn.web import websocket as ws
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection
+from wsproto.utilities import LocalProtocolError, generate_accept_token
 
 
 class Console:
@@ -51,12 +54,12 @@ class Console:
                 self.rest += chunk
         self.body = self.rest.decode(errors="replace")
         if self.status == 101:
-            assert f"Sec-WebSocket-Accept: {ws.accept_key(key)}" in self.head, self.head
-        self.reader = ws.FrameReader(require_mask=False)
+            assert f"Sec-WebSocket-Accept: {generate_accept_token(key.encode()).decode()}" in self.head, self.head
+        self.connection = Connection(ConnectionType.CLIENT)
         self.buffer = bytearray()
 
     def send(self, data: bytes) -> None:
-        self.sock.sendall(ws.encode(ws.BINARY, data, mask=os.urandom(4)))
+        self.sock.sendall(self.connection.send(BytesMessage(data)))
 
     def recv_exact(self, count: int) -> bytes:
         """count bytes of the RFB stream (frames joined)."""
@@ -67,11 +70,12 @@ class Console:
             pending = b""
             if not data:
                 raise ConnectionError(f"the console closed after {len(self.buffer)} of {count} bytes")
-            for opcode, payload in self.reader.feed(data):
-                if opcode == ws.CLOSE:
-                    raise ConnectionError(f"the console sent close {payload!r}")
-                if opcode == ws.BINARY:
-                    self.buffer += payload
+            self.connection.receive_data(data)
+            for event in self.connection.events():
+                if isinstance(event, CloseConnection):
+                    raise ConnectionError(f"the console sent close {event.code} {event.reason!r}")
+                if isinstance(event, BytesMessage):
+                    self.buffer += event.data
         out = bytes(self.buffer[:count])
         del self.buffer[:count]
         return out
@@ -95,7 +99,7 @@ class Console:
 
     def close(self) -> None:
         try:
-            self.sock.sendall(ws.encode(ws.CLOSE, ws.close_payload(1000), mask=os.urandom(4)))
-        except OSError:
+            self.sock.sendall(self.connection.send(CloseConnection(1000)))
+        except (OSError, LocalProtocolError):      # already closed, by either side
             pass
         self.sock.close()

@@ -4,9 +4,11 @@
 Pipeline (every external command goes through ``run()``, argv lists only, never a shell):
 
     kernel    Debian's linux-source-6.1 → ``make tinyconfig`` + image/guest/kernel.config →
-              ``make olddefconfig`` → bzImage. Cached as build/cache/guest-kernel-<key>/bzImage,
-              keyed by a hash of kernel.config and the linux-source package version; a cache hit
-              skips the compile (minutes on 2 cores). Built out of tree (O=) in build/guest/work.
+              ``make olddefconfig`` → bzImage. Cached in the machine-wide build cache as
+              /var/cache/cairn-build/guest-kernel/<key>/bzImage (see image/buildkit.py), keyed by a
+              hash of kernel.config and the linux-source package version; a cache hit, from this
+              clone or any other on the machine, skips the compile (~4 min on 2 cores). Built out
+              of tree (O=) in build/guest/work.
     initramfs busybox-static + its applet links + image/guest/rootfs/ packed as a gzip'd newc cpio
               written here in Python (fixed mtimes and owners, so the same inputs give the same bytes).
     disk      MBR disk (sfdisk on the image file): partition 1 FAT "CAIRNBOOT" (active) with
@@ -18,7 +20,7 @@ Pipeline (every external command goes through ``run()``, argv lists only, never 
 Invariants:
     - Outputs are written under build/ only: build/guest/cairn-testguest.img (the artifact; tests
       boot overlays or copies of it, never the file itself), build/guest/cairn-testguest.json
-      (inputs hash, sizes, step timings), and the kernel cache under build/cache/.
+      (inputs hash, sizes, step timings); the kernel goes to the machine-wide build cache.
     - A rebuild with unchanged inputs (image/guest/*, busybox and syslinux package versions, kernel
       key) is skipped; ``--force`` rebuilds the disk (the kernel stays cached unless --force-kernel).
     - The artifact is replaced atomically (written as .tmp, then renamed).
@@ -45,14 +47,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import buildkit  # noqa: E402
-from buildkit import CommandFailed, Timer, ensure_host_packages, log, package_version, run, sha256_file  # noqa: E402,F401
+from buildkit import (CommandFailed, Timer, cache_lock, ensure_host_packages, log, package_version,  # noqa: E402,F401
+                      prune, run, sha256_file, shared_cache, touch)
 
 buildkit.PREFIX = "guest"
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 BUILD = REPO / "build"
-CACHE = BUILD / "cache"
+KERNEL_CACHE = shared_cache() / "guest-kernel"    # <kernel_key()>/bzImage + config
+KERNELS_KEPT = 3
 OUT_DIR = BUILD / "guest"
 # Not build/work: the appliance build removes that whole directory when it finishes.
 WORK = OUT_DIR / "work"
@@ -115,7 +119,7 @@ def kernel_key() -> str:
 
 
 def kernel_cache_dir() -> Path:
-    return CACHE / f"guest-kernel-{kernel_key()}"
+    return KERNEL_CACHE / kernel_key()
 
 
 def check_kernel_config(config: Path) -> None:
@@ -134,11 +138,19 @@ def check_kernel_config(config: Path) -> None:
 
 
 def build_kernel(force: bool = False) -> Path:
+    """The guest's bzImage: from the machine-wide cache, or compiled into it."""
     cache = kernel_cache_dir()
-    bzimage = cache / "bzImage"
-    if bzimage.exists() and not force:
-        log(f"kernel: cached {bzimage.relative_to(REPO)}")
-        return bzimage
+    with cache_lock(cache):
+        if (cache / "bzImage").exists() and not force:
+            log(f"kernel: cached {cache / 'bzImage'}")
+        else:
+            compile_kernel(cache)
+        touch(cache)
+    prune(KERNEL_CACHE, "*", KERNELS_KEPT)
+    return cache / "bzImage"
+
+
+def compile_kernel(cache: Path) -> None:
     if not KERNEL_SOURCE_TARBALL.exists():
         raise SystemExit(f"{KERNEL_SOURCE_TARBALL} missing: run `image/guest/build.py deps`")
     source = WORK / "linux-source"
@@ -158,8 +170,8 @@ def build_kernel(force: bool = False) -> Path:
         f.write("\n# image/guest/kernel.config\n" + "\n".join(fragment_lines()) + "\n")
     run([*make, "olddefconfig"], env=env)
     check_kernel_config(config)
-    run([*make, f"-j{KERNEL_JOBS}", "bzImage"], env=env)
-    staging = CACHE / f".guest-kernel-{kernel_key()}.tmp"
+    run([*make, "-s", f"-j{KERNEL_JOBS}", "bzImage"], env=env)     # -s: warnings and errors only
+    staging = cache.with_name(f".{cache.name}.tmp")
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
@@ -171,8 +183,7 @@ def build_kernel(force: bool = False) -> Path:
     # The unpacked source and objects are ~1.5 GB; the cache keeps only what boots.
     shutil.rmtree(source)
     shutil.rmtree(objects)
-    log(f"kernel: {bzimage.stat().st_size // 1024} KiB")
-    return bzimage
+    log(f"kernel: {(cache / 'bzImage').stat().st_size // 1024} KiB")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,6 +363,7 @@ def build(force: bool, force_kernel: bool) -> int:
                 return 0
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     WORK.mkdir(parents=True, exist_ok=True)
+    kernel_cached = (kernel_cache_dir() / "bzImage").exists() and not force_kernel
     with timer.step("kernel"):
         bzimage = build_kernel(force=force_kernel)
     with timer.step("initramfs"):
@@ -372,6 +384,7 @@ def build(force: bool, force_kernel: bool) -> int:
         "image": IMAGE.name,
         "inputs": wanted,
         "kernel_key": key,
+        "kernel_cached": kernel_cached,
         "kernel_bytes": bzimage.stat().st_size,
         "initrd_bytes": len(initrd),
         "image_bytes": IMAGE.stat().st_size,

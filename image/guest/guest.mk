@@ -1,8 +1,9 @@
 # image/guest/guest.mk: the tiny test guest (issue 4, item 3). Included from the top-level Makefile.
 #
 #   make guest          build/guest/cairn-testguest.img (64 MiB raw, MBR, BIOS/syslinux boot, heartbeat);
-#                       skipped when its inputs are unchanged; the kernel is compiled once and cached in
-#                       build/cache/guest-kernel-<hash of kernel.config + source version>/
+#                       skipped when its inputs are unchanged; the kernel is compiled once per machine and
+#                       cached in /var/cache/cairn-build/guest-kernel/<hash of kernel.config + source
+#                       version>/ (CAIRN_BUILD_CACHE=DIR moves it), which every clone here shares
 #   make guest-force    rebuild the disk even if nothing changed (the cached kernel is reused)
 #   make guest-kernel   build (or reuse) only the cached kernel
 #   make guest-deps     the Debian packages the build needs (idempotent; apt only when one is missing)

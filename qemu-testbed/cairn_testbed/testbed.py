@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import accel as accel_module
-from .machine import Machine, MachineSpec, Nic, PortForward, TestbedError
+from .machine import DataDisk, Machine, MachineSpec, Nic, PortForward, TestbedError
 from .qmp import QMP
 from .run import wait_until_ready
 
@@ -353,7 +353,9 @@ class Testbed:
     @classmethod
     def create(cls, count: int, state_dir: Path, image: Path | None = None, memory_mib: int = 2048,
                cpus: int = 2, watchdog: bool = True, accel: str = "auto", log=print,
-               inner_accel: str | None = None) -> "Testbed":
+               inner_accel: str | None = None, data_disks: list[DataDisk] | None = None) -> "Testbed":
+        """count appliances from the newest image (not started: start() boots them); data_disks
+        replaces MachineSpec's default four disks on every node."""
         from .run import BUILD, newest_manifest
         state_dir = Path(state_dir).resolve()
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -373,13 +375,14 @@ class Testbed:
                     for i, segment in enumerate(SEGMENTS)}
             taps = {segment: f"tb{tag}{index}{segment[0]}" for segment in SEGMENTS}
             https_port, ssh_port = free_port(), free_port()
+            disks = {"data_disks": list(data_disks)} if data_disks is not None else {}
             spec = MachineSpec(
                 name=f"cairn-{name}", image=image, run_dir=state_dir / name, memory_mib=memory_mib,
                 cpus=cpus, forwards=[PortForward(https_port, 443), PortForward(ssh_port, 22)],
                 mgmt_mac=f"52:54:00:ca:{int(tag[:2], 16):02x}:{index + 1:02x}",
                 nics=[Nic(segment, f"tap,ifname={taps[segment]},script=no,downscript=no", macs[segment])
                       for segment in SEGMENTS],
-                lan_nic=macs["lan"], watchdog=watchdog, mgmt_restrict=True)
+                lan_nic=macs["lan"], watchdog=watchdog, mgmt_restrict=True, **disks)
             machine = Machine(spec, chosen, log=lambda message, n=name: log(f"[{n}] {message}"))
             machine.prepare(manifest.get("inputs"))
             nodes.append(Node(index, name, machine, network, https_port, ssh_port, taps, macs,
@@ -397,18 +400,21 @@ class Testbed:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self, timeout: float = 900) -> dict[str, dict]:
-        """Boot every node at once and wait until each answers SSH and HTTPS."""
-        for node in self.nodes:     # in the hosts file before dnsmasq starts
-            self.network.reserve("cluster", node.macs["cluster"], FIRST_NODE_HOST + node.index)
-        self.network.create()
-        for segment in SEGMENTS:
-            self.network.wait_serving(segment)
+    def start(self, timeout: float = 900, nodes: list[Node] | None = None) -> dict[str, dict]:
+        """Boot every node (or only `nodes`; the others can be started by a later call) at once
+        and wait until each answers SSH and HTTPS. The segments are made on the first call."""
+        chosen = self.nodes if nodes is None else nodes
+        if not self.network.created:
+            for node in self.nodes:     # in the hosts file before dnsmasq starts
+                self.network.reserve("cluster", node.macs["cluster"], FIRST_NODE_HOST + node.index)
+            self.network.create()
+            for segment in SEGMENTS:
+                self.network.wait_serving(segment)
         started = time.monotonic()
-        for node in self.nodes:
+        for node in chosen:
             node.start()
-        seen = {node.name: node.wait_for_console(timeout) for node in self.nodes}
-        self.log(f"testbed: {len(self.nodes)} appliances up in {time.monotonic() - started:.0f} s")
+        seen = {node.name: node.wait_for_console(timeout) for node in chosen}
+        self.log(f"testbed: {len(chosen)} appliances up in {time.monotonic() - started:.0f} s")
         return seen
 
     def partition(self, node: Node) -> None:

@@ -7,6 +7,7 @@
     [web]
     bind = "0.0.0.0:443"
     workers = 2
+    connections = 1000                          # per worker: requests, event streams and consoles
     [storage]
     pools_root = "/pools"                       # pools are mounted at <pools_root>/<pool>
     smart_interval = 600                        # seconds between SMART reads of every disk
@@ -21,17 +22,36 @@
     libvirt_uri = "qemu:///system"
     accel = "auto"                              # kvm, tcg, or auto: kvm where libvirt offers it
     log_dir = "/var/log/cairn/vms"              # VMs' serial console logs
+    image_dirs = []                             # directories whose files VMs may use as disk images
+                                                # and ISOs, besides the pools' images volumes
+    [history]                                   # how much history the cluster store keeps
+    job_keep_days = 30                          # ended jobs (and their logs) older than this go
+    job_keep_count = 2000                       # ... and the oldest ended ones beyond this many
+    event_keep_days = 30                        # events older than this go
+    event_keep_count = 5000                     # ... and the oldest beyond this many
+    interval = 600                              # seconds between pruning rounds
 
-Written by the image (or the dev stack); read by cairn-agent and cairn-web at start.
+Written by the image (or the dev stack, with `dump`: tomli-w quotes and escapes every value);
+read by cairn-agent and cairn-web at start. `parse` checks every setting's type and range (a
+bool is not a number, a path is absolute, a list holds strings) and reports every problem at
+once, in one ValidationError keyed "section.key".
+
+`image_dirs` should be the same on every node: the API checks a VM's images against the setting
+of the node it runs on (and resolves symlinks when the VM is on that node).
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
+import re
 import socket
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
+
+import tomli_w
 
 from cairn.errors import ValidationError
 
@@ -42,7 +62,7 @@ DEFAULT_PATH = "/etc/cairn/cairn.toml"
 class WebConfig:
     bind: str = "0.0.0.0:443"
     workers: int = 2
-    threads: int = 16
+    connections: int = 1000          # per worker (gevent): requests, event streams, consoles together
 
 
 @dataclass(frozen=True)
@@ -66,6 +86,17 @@ class ComputeConfig:
     libvirt_uri: str = "qemu:///system"
     accel: str = "auto"
     log_dir: str = "/var/log/cairn/vms"
+    image_dirs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """How much history the cluster store keeps (cairn.cluster.history prunes to it)."""
+    job_keep_days: float = 30.0      # ended jobs (with their logs) older than this are deleted
+    job_keep_count: int = 2000       # ... and the oldest ended ones beyond this many
+    event_keep_days: float = 30.0    # events older than this are deleted
+    event_keep_count: int = 5000     # ... and the oldest beyond this many
+    interval: float = 600.0          # seconds between rounds (pruning, etcd defragmentation, quota check)
 
 
 @dataclass(frozen=True)
@@ -78,80 +109,205 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     shares: SharesConfig = field(default_factory=SharesConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+
+
+# --- checking --------------------------------------------------------------------------------------
+# Directories a VM image may never come from, whatever image_dirs says.
+SYSTEM_DIRS = ("/dev", "/proc", "/sys", "/etc", "/boot", "/run", "/root", "/var/lib/cairn")
+WORKGROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,14}")
+NODE_NAME_MAX = 64
+
+
+def _plain_text(value: str) -> bool:
+    return all(char.isprintable() for char in value)
+
+
+def _text(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "must be a string"
+    if not _plain_text(value):
+        return "must not contain control characters (line breaks, tabs, ...)"
+    return None
+
+
+def _path(value: Any) -> str | None:
+    problem = _text(value)
+    if problem:
+        return problem
+    if not value.startswith("/"):
+        return "must be an absolute path"
+    return None
+
+
+def _optional_path(value: Any) -> str | None:
+    return None if value == "" else _path(value)
+
+
+def _bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _whole(low: int, high: int):
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            return f"must be a whole number from {low} to {high}"
+        return None
+    return check
+
+
+def _seconds(low: float):
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
+            return f"must be a number of seconds, at least {low:g}"
+        return None
+    return check
+
+
+def _days(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 36500:
+        return "must be a number of days from 1 to 36500"
+    return None
+
+
+def _one_of(*choices: str):
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+    return check
+
+
+def _bind(value: Any) -> str | None:
+    problem = _text(value)
+    if problem:
+        return problem
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535 or " " in value:
+        return "must be address:port, like 0.0.0.0:443"
+    return None
+
+
+def _workgroup(value: Any) -> str | None:
+    if not isinstance(value, str) or not WORKGROUP.fullmatch(value):
+        return "must be 1-15 letters, digits, '.', '_' and '-', starting with a letter or digit"
+    return None
+
+
+def _non_empty_text(value: Any) -> str | None:
+    return _text(value) or (None if value else "must not be empty")
+
+
+def image_dir_problem(value: Any) -> str | None:
+    """Why `value` cannot be a directory VM images are taken from, or None."""
+    problem = _path(value)
+    if problem:
+        return problem
+    normal = posixpath.normpath(value)
+    if normal == "/" or normal != value.rstrip("/") or "//" in value:
+        return "must be a normalised absolute directory other than / (no '..', '.' or '//')"
+    for system in SYSTEM_DIRS:
+        if normal == system or normal.startswith(system + "/"):
+            return f"must not be in {system} (system files are never VM images)"
+    return None
+
+
+def _image_dirs(value: Any) -> str | None:
+    if not isinstance(value, list):
+        return "must be a list of absolute directories, like [\"/srv/isos\"]"
+    for index, item in enumerate(value):
+        problem = image_dir_problem(item)
+        if problem:
+            return f"[{index}] {problem}"
+    return None
+
+
+def _endpoints(value: Any) -> str | None:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(e, str) and _plain_text(e) and " " not in e and e.startswith(("http://", "https://"))
+            for e in value):
+        return "must be a non-empty list of http(s):// URLs"
+    return None
+
+
+def node_name_problem(value: Any) -> str | None:
+    if (not isinstance(value, str) or not value or len(value) > NODE_NAME_MAX or "/" in value
+            or not all(char.isprintable() and not char.isspace() for char in value)):
+        return (f"must be 1-{NODE_NAME_MAX} printable characters without spaces, line breaks or '/' "
+                "(the hostname by default)")
+    return None
+
+
+def _store_root(value: Any) -> str | None:
+    problem = _path(value)
+    if problem:
+        return problem
+    if value.endswith("/") or " " in value:
+        return "must start with '/' and not end with '/'"
+    return None
+
+
+# Every setting: its check. A table's settings are those of its dataclass (nothing else is taken).
+TOP = {"node_name": node_name_problem, "etcd_endpoints": _endpoints, "state_dir": _path,
+       "store_root": _store_root}
+TABLES: dict[str, tuple[type, dict[str, Any]]] = {
+    "web": (WebConfig, {"bind": _bind, "workers": _whole(1, 64), "connections": _whole(10, 100_000)}),
+    "storage": (StorageConfig, {"pools_root": _path, "smart_interval": _seconds(10),
+                                "include_loop": _bool}),
+    "shares": (SharesConfig, {"etc_root": _path, "service_manager": _one_of("systemd", "none"),
+                              "nfs": _bool, "samba_include": _optional_path, "workgroup": _workgroup}),
+    "compute": (ComputeConfig, {"libvirt_uri": _non_empty_text, "accel": _one_of("auto", "kvm", "tcg"),
+                                "log_dir": _path, "image_dirs": _image_dirs}),
+    "history": (HistoryConfig, {"job_keep_days": _days, "job_keep_count": _whole(10, 1_000_000),
+                                "event_keep_days": _days, "event_keep_count": _whole(10, 1_000_000),
+                                "interval": _seconds(10)}),
+}
+
+
+def _table(name: str, data: Any, problems: dict[str, str]) -> Any:
+    cls, checks = TABLES[name]
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        problems[name] = "must be a table"
+        return cls()
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        check = checks.get(key)
+        if check is None:
+            problems[f"{name}.{key}"] = "unknown setting"
+            continue
+        problem = check(value)
+        if problem:
+            problems[f"{name}.{key}"] = problem
+            continue
+        default = getattr(cls, key)
+        if isinstance(default, float):
+            value = float(value)
+        elif isinstance(default, tuple):
+            value = tuple(value)
+        values[key] = value
+    return cls(**values)
 
 
 def parse(data: dict, default_node_name: str) -> Config:
-    """Config from parsed TOML. All problems are reported at once, by key."""
+    """Config from parsed TOML. Every problem is reported at once, keyed "section.key"."""
     problems: dict[str, str] = {}
-    known = {"node_name", "etcd_endpoints", "state_dir", "store_root", "web", "storage", "shares", "compute"}
     for key in data:
-        if key not in known:
+        if key not in TOP and key not in TABLES:
             problems[key] = "unknown setting"
-    endpoints = data.get("etcd_endpoints", ["http://127.0.0.1:2379"])
-    if not isinstance(endpoints, list) or not endpoints or not all(
-            isinstance(e, str) and e.startswith(("http://", "https://")) for e in endpoints):
-        problems["etcd_endpoints"] = "must be a non-empty list of http(s):// URLs"
-    node_name = data.get("node_name", default_node_name)
-    if not isinstance(node_name, str) or not node_name or "/" in node_name:
-        problems["node_name"] = "must be a non-empty name without '/'"
-    root = data.get("store_root", "/cairn")
-    if not isinstance(root, str) or not root.startswith("/") or root.endswith("/"):
-        problems["store_root"] = "must start with '/' and not end with '/'"
-    web_data = data.get("web", {})
-    web = WebConfig()
-    if not isinstance(web_data, dict):
-        problems["web"] = "must be a table"
-    else:
-        try:
-            web = WebConfig(**web_data)
-        except TypeError as exc:
-            problems["web"] = str(exc)
-    storage_data = data.get("storage", {})
-    storage = StorageConfig()
-    if not isinstance(storage_data, dict):
-        problems["storage"] = "must be a table"
-    else:
-        try:
-            storage = StorageConfig(**storage_data)
-        except TypeError as exc:
-            problems["storage"] = str(exc)
-        else:
-            if not str(storage.pools_root).startswith("/"):
-                problems["storage.pools_root"] = "must be an absolute path"
-            if not isinstance(storage.smart_interval, (int, float)) or storage.smart_interval < 10:
-                problems["storage.smart_interval"] = "must be at least 10 seconds"
-    shares_data = data.get("shares", {})
-    shares = SharesConfig()
-    if not isinstance(shares_data, dict):
-        problems["shares"] = "must be a table"
-    else:
-        try:
-            shares = SharesConfig(**shares_data)
-        except TypeError as exc:
-            problems["shares"] = str(exc)
-        else:
-            if not str(shares.etc_root).startswith("/"):
-                problems["shares.etc_root"] = "must be an absolute path"
-            if shares.service_manager not in ("systemd", "none"):
-                problems["shares.service_manager"] = "must be systemd or none"
-    compute_data = data.get("compute", {})
-    compute = ComputeConfig()
-    if not isinstance(compute_data, dict):
-        problems["compute"] = "must be a table"
-    else:
-        try:
-            compute = ComputeConfig(**compute_data)
-        except TypeError as exc:
-            problems["compute"] = str(exc)
-        else:
-            if compute.accel not in ("auto", "kvm", "tcg"):
-                problems["compute.accel"] = "must be auto, kvm or tcg"
+    values = {"node_name": default_node_name, "etcd_endpoints": ["http://127.0.0.1:2379"],
+              "state_dir": "/var/lib/cairn", "store_root": "/cairn"}
+    for key, check in TOP.items():
+        if key in data:
+            values[key] = data[key]
+        problem = check(values[key])
+        if problem:
+            problems[key] = problem
+    tables = {name: _table(name, data.get(name), problems) for name in TABLES}
     if problems:
         raise ValidationError(problems, "bad configuration: " + "; ".join(
             f"{k}: {v}" for k, v in sorted(problems.items())))
-    return Config(node_name=node_name, etcd_endpoints=tuple(endpoints),
-                  state_dir=Path(data.get("state_dir", "/var/lib/cairn")), store_root=root, web=web,
-                  storage=storage, shares=shares, compute=compute)
+    return Config(node_name=values["node_name"], etcd_endpoints=tuple(values["etcd_endpoints"]),
+                  state_dir=Path(values["state_dir"]), store_root=values["store_root"], **tables)
 
 
 def load(path: str | None = None) -> Config:
@@ -159,34 +315,29 @@ def load(path: str | None = None) -> Config:
     data: dict = {}
     if Path(path).exists():
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            try:
+                data = tomllib.load(fh)
+            except tomllib.TOMLDecodeError as exc:
+                raise ValidationError({"file": f"{path} is not valid TOML: {exc}"},
+                                      f"bad configuration: {path} is not valid TOML: {exc}") from None
     return parse(data, socket.gethostname())
 
 
+def as_dict(config: Config) -> dict[str, Any]:
+    """A Config as the plain data its TOML file holds (tuples as lists, paths as strings)."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, (tuple, list)):
+            return [plain(item) for item in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+    data: dict[str, Any] = {key: plain(getattr(config, key)) for key in TOP}
+    for name in TABLES:
+        table = getattr(config, name)
+        data[name] = {f.name: plain(getattr(table, f.name)) for f in fields(table)}
+    return data
+
+
 def dump(config: Config) -> str:
-    """TOML text for a Config (the dev stack and tests write these)."""
-    endpoints = ", ".join(f'"{e}"' for e in config.etcd_endpoints)
-    return (
-        f'node_name = "{config.node_name}"\n'
-        f"etcd_endpoints = [{endpoints}]\n"
-        f'state_dir = "{config.state_dir}"\n'
-        f'store_root = "{config.store_root}"\n'
-        "[web]\n"
-        f'bind = "{config.web.bind}"\n'
-        f"workers = {config.web.workers}\n"
-        f"threads = {config.web.threads}\n"
-        "[storage]\n"
-        f'pools_root = "{config.storage.pools_root}"\n'
-        f"smart_interval = {config.storage.smart_interval}\n"
-        f"include_loop = {'true' if config.storage.include_loop else 'false'}\n"
-        "[shares]\n"
-        f'etc_root = "{config.shares.etc_root}"\n'
-        f'service_manager = "{config.shares.service_manager}"\n'
-        f"nfs = {'true' if config.shares.nfs else 'false'}\n"
-        f'samba_include = "{config.shares.samba_include}"\n'
-        f'workgroup = "{config.shares.workgroup}"\n'
-        "[compute]\n"
-        f'libvirt_uri = "{config.compute.libvirt_uri}"\n'
-        f'accel = "{config.compute.accel}"\n'
-        f'log_dir = "{config.compute.log_dir}"\n'
-    )
+    """TOML text for a Config (the dev stack and tests write these), quoted and escaped by tomli-w."""
+    return tomli_w.dumps(as_dict(config))

@@ -20,6 +20,7 @@ from pathlib import Path
 import requests
 
 from cairn import config as config_mod
+from cairn.cluster import etcd_settings
 from cairn.runner import Daemon, Runner
 
 
@@ -83,7 +84,7 @@ class EtcdCluster:
             "--initial-cluster", initial, "--initial-cluster-state", state,
             "--initial-cluster-token", f"cairn-{self.base_dir.name}",
             "--heartbeat-interval", "100", "--election-timeout", "1000",
-            "--log-level", "warn",
+            "--log-level", "warn", *etcd_settings.flags(),
         ], log_path=self.base_dir / f"{member.name}.log")
 
     def start(self, timeout: float = 30.0) -> "EtcdCluster":

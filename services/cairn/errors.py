@@ -9,16 +9,24 @@
     │   └── Busy                    409  a lock is held by someone else; retry later
     ├── RateLimited                 429  too many attempts; retry after `retry_after` seconds
     ├── ExecutionError              500  failed half-way; `done` lists what was changed
-    ├── CommandFailed               500  an external command failed (argv, exit code, stderr)
+    ├── CommandFailed               500  an external command failed (exit code; argv, stderr for logs)
     │   └── CommandTimeout          500  ... or did not finish in time
     └── Unavailable                 503  a dependency (etcd) cannot be reached
 
-Errors carry a message meant for a person. `to_dict()` is what clients see: never a stack trace.
+Errors carry a message meant for a person. `to_dict()` is what clients see: the code, the message
+and the details a client can act on; never a stack trace, and never what a command was run with or
+printed (`argv`, `stderr`: a path, a host name or a secret can be in them). Those stay on the
+exception for the job log and the server log: `log_text()` gives the message with them.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# Details kept for logs only: what a command was run with and what it printed.
+LOG_ONLY_DETAILS = frozenset({"argv", "stderr"})
+REASON_MAX = 200                 # characters of a command's last stderr line in its message
 
 
 class CairnError(Exception):
@@ -31,9 +39,17 @@ class CairnError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.details:
-            body["details"] = self.details
+        public = {key: value for key, value in self.details.items() if key not in LOG_ONLY_DETAILS}
+        if public:
+            body["details"] = public
         return body
+
+    def log_text(self) -> str:
+        """The message with every detail, the log-only ones included (for the server and job logs)."""
+        if not self.details:
+            return self.message
+        extra = "; ".join(f"{key}={value!r}" for key, value in sorted(self.details.items()))
+        return f"{self.message} ({extra})"
 
 
 class ValidationError(CairnError):
@@ -92,9 +108,11 @@ class CommandFailed(CairnError):
     code = "command_failed"
 
     def __init__(self, argv: list[str], returncode: int, stderr: str, message: str | None = None):
-        tail = stderr.strip().splitlines()[-1:] if stderr.strip() else []
         if message is None:
-            message = f"{argv[0]} exited with {returncode}" + (f": {tail[0]}" if tail else "")
+            message = f"{tool_name(argv)} exited with {returncode}"
+            reason = last_line(stderr)
+            if reason:
+                message += f": {reason}"
         super().__init__(message, argv=list(argv), returncode=returncode, stderr=stderr[-4000:])
         self.argv = list(argv)
         self.returncode = returncode
@@ -105,8 +123,22 @@ class CommandTimeout(CommandFailed):
     code = "command_timeout"
 
     def __init__(self, argv: list[str], timeout: float, stderr: str = "") -> None:
-        super().__init__(argv, -1, stderr, message=f"{argv[0]} did not finish within {timeout:g} s")
+        super().__init__(argv, -1, stderr, message=f"{tool_name(argv)} did not finish within {timeout:g} s")
         self.timeout = timeout
+
+
+def tool_name(argv: list[str]) -> str:
+    """The command's name without its directory (a message names the tool, not where it lives)."""
+    return os.path.basename(str(argv[0])) if argv else "?"
+
+
+def last_line(stderr: str, limit: int = REASON_MAX) -> str:
+    """The last non-empty line of a command's stderr, cut to `limit` characters (a reason for a message)."""
+    lines = [line.strip() for line in (stderr or "").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    line = lines[-1]
+    return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
 class Unavailable(CairnError):

@@ -3,6 +3,9 @@
 Argument lists only (never a shell), a timeout on every call, and the outcome captured as data:
 exit code, stdout, stderr and duration. `run(..., check=True)` raises CommandFailed on a non-zero
 exit; callers that decode exit codes themselves (smartctl's health bits) pass check=False.
+Secrets go on stdin (`input`), never in argv (any process can read another's command line in
+/proc); `input_file=True` gives the input as an in-memory file rather than a pipe, for a tool that
+opens /dev/stdin more than once (pdbedit's smbpasswd import reads its file twice).
 Long-running daemons (etcd, gunicorn under the dev stack) are started with `spawn`.
 
 A Runner is passed to the code that needs it, so tests can hand in a fake that records calls.
@@ -46,6 +49,20 @@ def _check_argv(argv: Sequence[str]) -> list[str]:
     return items
 
 
+def _memory_file(text: str) -> int:
+    """A file descriptor of an anonymous in-memory file holding `text`, at offset 0 (never on disk)."""
+    fd = os.memfd_create("cairn-input", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(text.encode())
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class Runner:
     """Runs commands for real."""
 
@@ -56,28 +73,36 @@ class Runner:
         timeout: float = DEFAULT_TIMEOUT,
         check: bool = True,
         input: str | None = None,
+        input_file: bool = False,
         env: Mapping[str, str] | None = None,
         cwd: str | Path | None = None,
     ) -> Result:
         items = _check_argv(argv)
         started = time.monotonic()
+        memfd = _memory_file(input) if input is not None and input_file else None
+        # Only one of stdin and input is passed: gevent's subprocess.run (cairn-web's workers) refuses
+        # both, even with stdin=None.
+        feed = {"stdin": memfd} if memfd is not None else \
+            {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
         try:
             proc = subprocess.run(
                 items,
-                input=input,
                 capture_output=True,
                 text=True,
                 errors="replace",
                 timeout=timeout,
                 env=None if env is None else {**os.environ, **env},
                 cwd=cwd,
-                stdin=None if input is not None else subprocess.DEVNULL,
+                **feed,
             )
         except subprocess.TimeoutExpired as exc:
             stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
             raise CommandTimeout(items, timeout, stderr) from None
         except FileNotFoundError:
             raise CommandFailed(items, 127, f"{items[0]}: command not found") from None
+        finally:
+            if memfd is not None:
+                os.close(memfd)
         result = Result(tuple(items), proc.returncode, proc.stdout, proc.stderr,
                         time.monotonic() - started)
         if check and proc.returncode != 0:

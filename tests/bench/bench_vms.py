@@ -66,6 +66,19 @@ def fill(path: Path, size: int) -> float:
     return time.monotonic() - started
 
 
+def uploaded_guest(session, stack) -> str:
+    """The test guest uploaded into pool tank's images volume (where a VM's disk may be imported
+    from); its path."""
+    found = session.get(f"{stack.url}/api/v1/images/tank/testguest.img", timeout=60)
+    if found.status_code == 200:
+        return found.json()["path"]
+    with open(GUEST, "rb") as handle:
+        reply = session.put(f"{stack.url}/api/v1/images/tank/testguest.img", data=handle, timeout=600,
+                            headers={"Content-Type": "application/octet-stream"})
+    assert reply.status_code == 201, reply.text
+    return reply.json()["path"]
+
+
 def used(path: Path) -> int:
     Runner().run(["sync"])
     return os.statvfs(path).f_blocks * os.statvfs(path).f_frsize - os.statvfs(path).f_bfree * os.statvfs(path).f_frsize
@@ -83,7 +96,8 @@ def reclaim(session, stack, pool: Path) -> tuple[int, float, int, float, tuple[f
     time of 5 snapshots of the running guest with whether they were all quiesced by its agent."""
     job(session, stack, "POST", "/vms", json={
         "name": "bvm-trim", "pool": "tank", "vcpus": 1, "memory_mib": 256, "firmware": "bios", "cpu_model": "qemu64",
-        "disks": [{"import": str(GUEST)}, {"size": f"{RECLAIM_GIB + 1}G"}], "nics": [{"bridge": VM_BRIDGE}]})
+        "disks": [{"import": uploaded_guest(session, stack)}, {"size": f"{RECLAIM_GIB + 1}G"}],
+        "nics": [{"bridge": VM_BRIDGE}]})
     net = pool.parent.parent / "net.cfg"
     net.write_text(f"IP={GUEST_IP}/24\n")
     Runner().run(["mcopy", "-o", "-i", f"{pool / 'vms' / 'bvm-trim' / 'disk0.raw'}@@1M", str(net), "::net.cfg"],

@@ -13,6 +13,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from cairn.compute import model
+from cairn.compute.image_store import Image
 from cairn.storage import model as storage_model
 from support import ARTIFACTS
 
@@ -56,6 +57,9 @@ def rig(stack):
         store.put(f"vm-macs/{vm.nics[0].mac}", {"vm": name})
         if seen is not None:
             store.put(f"vm-status/{name}", seen)
+    for name, kind in (("debian.iso", "iso"), ("rescue.iso", "iso"), ("base.qcow2", "disk")):   # uploaded there
+        store.put(f"images/far/{name}", Image("far", name, FAR, f"/pools/far/images/{name}", 1 << 20, kind,
+                                              "raw" if kind == "iso" else "qcow2", 1 << 20).to_dict())
     # What the far node measured: db-copy is a fresh clone of db (shares everything).
     store.put("pool-status/far", {"vms": {"db": {"referenced": 3 * GiB, "exclusive": 3 * GiB},
                                           "db-copy": {"referenced": 3 * GiB, "exclusive": 64 << 10}}})
@@ -197,7 +201,7 @@ def test_the_new_vm_form_writes_the_record_and_queues_its_creation(rig):
         form.locator("input[name=memory_mib]").fill("2048")
         form.locator("input[name=disks]").fill("20G, 4G")
         form.locator("select[name=firmware]").select_option("bios")
-        form.locator("input[name=iso]").fill("/pools/far/iso/debian.iso")
+        form.locator("input[name=iso]").fill("/pools/far/images/debian.iso")
         form.locator("input[name=image]").fill("/pools/far/images/base.qcow2")
         form.locator("input[name=bridge]").fill("br1")
         form.locator("input[name=autostart]").check()
@@ -207,7 +211,7 @@ def test_the_new_vm_form_writes_the_record_and_queues_its_creation(rig):
         assert {"node": FAR, "pool": "far", "vcpus": 2, "memory_mib": 2048, "firmware": "bios",
                 "disks": [{"name": "disk0", "size": 20 * GiB, "imported_from": "/pools/far/images/base.qcow2"},
                           {"name": "disk1", "size": 4 * GiB, "imported_from": None}],
-                "bridges": ["br1"], "cdrom": "/pools/far/iso/debian.iso", "autostart": True} == {
+                "bridges": ["br1"], "cdrom": "/pools/far/images/debian.iso", "autostart": True} == {
             **{key: record[key] for key in ("node", "pool", "vcpus", "memory_mib", "firmware", "disks", "cdrom",
                                             "autostart")},
             "bridges": [nic["bridge"] for nic in record["nics"]]}
@@ -261,11 +265,11 @@ def test_the_settings_form_edits_a_stopped_vm(rig):
     try:
         page.goto("/vms/db")
         page.locator("#edit-vm input[name=memory_mib]").fill("2048")
-        page.locator("#edit-vm input[name=cdrom]").fill("/pools/far/iso/rescue.iso")
+        page.locator("#edit-vm input[name=cdrom]").fill("/pools/far/images/rescue.iso")
         page.locator("#edit-vm").get_by_role("button", name="Save settings").click()
         assert {"kind": "vm.redefine", "node": FAR, "params": {"vm": "db"}, "state": "queued"} == queued_job(rig)
         record = stack.store().get("vms/db")
-        assert (2048, "/pools/far/iso/rescue.iso", 1) == (record["memory_mib"], record["cdrom"], record["vcpus"])
+        assert (2048, "/pools/far/images/rescue.iso", 1) == (record["memory_mib"], record["cdrom"], record["vcpus"])
     finally:
         stack.store().put("vms/db", before)
 

@@ -1,4 +1,21 @@
-"""End-to-end fixtures: real appliances booted from the built image by qemu-testbed/."""
+"""End-to-end fixtures: real appliances booted from the built image by qemu-testbed/.
+
+One testbed of three appliances is shared by the e2e modules (`shared_testbed`), because booting
+is most of what an appliance test costs under TCG: each module booting its own came to 8 boots
+(13 with the reboots the tests do), now 3 (8 with the reboots). node1 and node2 boot together when
+the first module asks; node3 only when test_testbed does, so it doesn't idle on the 2 cores while
+the other modules run. The modules take nodes that don't get in each other's way, in an order
+where each finds what it expects:
+
+    node1  test_appliance (first: its four data disks still free), then the shares server
+    node2  test_storage_appliance (md RAID on the small disks), the shares client, then the VMs
+           node (its CAIRN-VD1 is still free: storage used the small disks, shares only mounted)
+    all    test_testbed last: it cuts links, pulls the plug and a disk, resets a node
+
+Each module still asserts everything it did on an appliance of its own; what it leaves on a node
+(pools, arrays, users, a reboot) is nothing a later module on that node looks at. `launcher`
+remains for a module that needs an appliance of its own.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +34,26 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "qemu-testbed"))
 
 from cairn_testbed import accel as accel_module  # noqa: E402
-from cairn_testbed.machine import Machine, MachineSpec, PortForward  # noqa: E402
+from cairn_testbed import testbed as testbed_module  # noqa: E402
+from cairn_testbed.machine import DataDisk, Machine, MachineSpec, PortForward  # noqa: E402
 from cairn_testbed.run import PASSWORD_PATTERN, newest_manifest, wait_until_ready  # noqa: E402
 from cairn.devstack import free_port  # noqa: E402
 from support import ARTIFACTS  # noqa: E402
+from timing import record_phase  # noqa: E402
 
 BOOT_TIMEOUT = 600
+
+# Every node of the shared testbed has MachineSpec's four data disks (two virtio, NVMe, SATA) and
+# seven small virtio disks for md RAID (small, so resyncs stay short under TCG).
+SMALL_DISKS = [f"CAIRN-SM{i}" for i in range(1, 8)]
+SHARED_DISKS = [DataDisk("virtio", "CAIRN-VD1"), DataDisk("virtio", "CAIRN-VD2"), DataDisk("nvme", "CAIRN-NVME1"),
+                DataDisk("sata", "CAIRN-SATA1", model="CAIRN SATA DISK")] + \
+               [DataDisk("virtio", serial, size_mib=128) for serial in SMALL_DISKS]
+SHARED_NODES = 3
+FIRST_BOOT = (0, 1)     # node1 and node2 at once; node3 only for test_testbed (no idle appliance meanwhile)
+# Modules in this order (the rest of the suite runs first): see the module docstring.
+MODULE_ORDER = ["test_appliance.py", "test_storage_appliance.py", "test_shares_appliance.py",
+                "test_vms_appliance.py", "test_testbed.py"]
 
 
 @dataclass
@@ -100,6 +131,97 @@ def boot(base: Path, name: str, data_disks: list | None = None) -> Appliance:
     return appliance
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The e2e modules after the rest of the suite, in MODULE_ORDER (a module not listed there
+    before test_testbed, whose faults come last of all); each module's tests keep their order."""
+    here = Path(__file__).parent
+
+    def rank(item) -> tuple[int, int]:
+        if item.path.parent != here:
+            return (0, 0)
+        if item.path.name == MODULE_ORDER[-1]:
+            return (2, 0)
+        return (1, MODULE_ORDER.index(item.path.name) if item.path.name in MODULE_ORDER else len(MODULE_ORDER))
+    items.sort(key=rank)     # stable
+
+
+@dataclass
+class Nodes:
+    """Some nodes of the shared testbed, shaped like a Testbed for the module that uses them."""
+    nodes: list
+    network: object
+    inner_accel: str
+    testbed: object
+
+    def collect_logs(self, dest: Path) -> None:
+        self.testbed.collect_logs(dest)
+
+
+def appliance_of(node) -> Appliance:
+    """A testbed node seen through the Appliance helper (requests, the console password)."""
+    return Appliance(node.machine, node.https_port, node.ssh_port, node.machine.spec.run_dir)
+
+
+class SharedTestbed:
+    """The run's testbed; each node is booted when a module first asks for it (FIRST_BOOT
+    together, the rest later), and every node stays up until the end of the run."""
+
+    def __init__(self, testbed) -> None:
+        self.testbed = testbed
+        self.booted: set[int] = set()
+        self.failed: BaseException | None = None
+
+    def up(self, *indices: int) -> list:
+        first = set(FIRST_BOOT) if not self.booted else set()
+        wanted = sorted((set(indices) | first) - self.booted)
+        if wanted and self.failed is not None:
+            raise self.failed       # a boot already failed in this run: don't spend another 10 minutes
+        if wanted:
+            nodes = [self.testbed.nodes[i] for i in wanted]
+            started = time.monotonic()
+            try:
+                self.testbed.start(timeout=BOOT_TIMEOUT + 300, nodes=nodes)
+            except BaseException as error:
+                self.failed = error
+                self.testbed.collect_logs(ARTIFACTS / "e2e-testbed-boot")
+                for node in nodes:
+                    node.machine.kill()
+                raise
+            self.booted |= set(wanted)
+            record_phase(f"e2e: booting {' + '.join(n.name for n in nodes)} (at once)", time.monotonic() - started)
+        return [self.testbed.nodes[i] for i in indices]
+
+
+@pytest.fixture(scope="session")
+def shared_testbed(tmp_path_factory, request):
+    """The testbed of the run (SHARED_NODES appliances, booted as modules ask: see testbed_nodes)."""
+    shared = SharedTestbed(testbed_module.Testbed.create(SHARED_NODES, tmp_path_factory.mktemp("e2e-testbed"),
+                                                         data_disks=SHARED_DISKS))
+    yield shared
+    if request.session.testsfailed and shared.booted:
+        shared.testbed.collect_logs(ARTIFACTS / "e2e-testbed")
+    shared.testbed.stop()
+
+
+@pytest.fixture(scope="session")
+def testbed_nodes(shared_testbed):
+    """testbed_nodes(1): node2 of the shared testbed (booted if it isn't yet), shaped like a
+    Testbed (nodes, network, inner_accel, collect_logs); asked for all nodes, the Testbed itself."""
+    def pick(*indices: int):
+        nodes = shared_testbed.up(*indices)
+        testbed = shared_testbed.testbed
+        if list(indices) == list(range(len(testbed.nodes))):
+            return testbed
+        return Nodes(nodes, testbed.network, testbed.inner_accel, testbed)
+    return pick
+
+
+@pytest.fixture(scope="session")
+def as_appliance():
+    """as_appliance(node): a testbed node seen through the Appliance helper."""
+    return appliance_of
+
+
 @pytest.fixture(scope="session")
 def launcher():
     """boot(base, name, data_disks=None) for test modules that need an appliance of their own."""
@@ -107,15 +229,6 @@ def launcher():
 
 
 @pytest.fixture(scope="module")
-def appliance(tmp_path_factory, request):
-    base = tmp_path_factory.mktemp("appliance")
-    running = boot(base, "cairn-e2e")
-    yield running
-    if request.session.testsfailed:
-        keep = ARTIFACTS / "e2e"
-        keep.mkdir(parents=True, exist_ok=True)
-        for log in (running.machine.spec.serial_log, running.machine.spec.serial_log.with_name("serial.log.old")):
-            if log.exists():
-                shutil.copy(log, keep / f"{running.machine.spec.name}-{log.name}")
-    if not running.machine.powerdown(timeout=120):
-        running.machine.kill()
+def appliance(testbed_nodes):
+    """node1 of the shared testbed (its serial log is kept with the testbed's when a test fails)."""
+    return appliance_of(testbed_nodes(0).nodes[0])

@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from cairn_testbed import testbed as testbed_module
-from support import ARTIFACTS, wait_until
+from support import wait_until
 
 PASSWORD = "Files-pass-123"
 CHAP = {"user": "node2", "password": "chap-secret-1"}
@@ -20,15 +19,9 @@ MIB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def bed(tmp_path_factory, request):
-    testbed = testbed_module.Testbed.create(2, tmp_path_factory.mktemp("shares-testbed"))
-    try:
-        testbed.start()
-        yield testbed
-    finally:
-        if request.session.testsfailed:
-            testbed.collect_logs(ARTIFACTS / "shares-testbed")
-        testbed.stop()
+def bed(testbed_nodes):
+    """node1 (the server) and node2 (the client) of the shared testbed (tests/e2e/conftest.py)."""
+    return testbed_nodes(0, 1)
 
 
 def call(node, method: str, path: str, body: dict | None = None, expect: int | tuple = (200, 201, 202, 204)):

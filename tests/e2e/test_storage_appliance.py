@@ -8,18 +8,15 @@ import time
 
 import pytest
 
-from cairn_testbed.machine import DataDisk
 from support import ARTIFACTS, wait_until
 
-SMALL = [f"CAIRN-SM{i}" for i in range(1, 8)]
-DISKS = [DataDisk("virtio", "CAIRN-VD1"), DataDisk("virtio", "CAIRN-VD2"), DataDisk("nvme", "CAIRN-NVME1"),
-         DataDisk("sata", "CAIRN-SATA1", model="CAIRN SATA DISK")] + [DataDisk("virtio", s, size_mib=128) for s in SMALL]
+SMALL = [f"CAIRN-SM{i}" for i in range(1, 8)]    # tests/e2e/conftest.py: SMALL_DISKS, 128 MiB each
 
 
 @pytest.fixture(scope="module")
-def nas(tmp_path_factory, request, launcher):
-    base = tmp_path_factory.mktemp("storage-appliance")
-    appliance = launcher(base, "cairn-storage", DISKS)
+def nas(request, testbed_nodes, as_appliance):
+    """node2 of the shared testbed (its small disks are used by this module only)."""
+    appliance = as_appliance(testbed_nodes(1).nodes[0])
     session = appliance.api()
     node = session.get(appliance.url + "/api/v1/nodes").json()["nodes"][0]["name"]
     yield appliance, session, node
@@ -28,8 +25,6 @@ def nas(tmp_path_factory, request, launcher):
         keep.mkdir(parents=True, exist_ok=True)
         (keep / "storage-journal.txt").write_text(
             appliance.machine.ssh(appliance.ssh_port, "journalctl -b --no-pager -n 3000", timeout=60).stdout)
-    if not appliance.machine.powerdown(timeout=120):
-        appliance.machine.kill()
 
 
 def api(nas, method: str, path: str, **kwargs):

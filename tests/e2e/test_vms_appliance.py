@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import expect
 
 from cairn.runner import Runner
-from cairn_testbed import testbed as testbed_module
+from environment import missing
 from support import ARTIFACTS, CANVAS_HAS_PICTURE, console_page, goto, wait_until
 from vnc_client import Console
 
@@ -31,23 +31,18 @@ GUEST_IP = 50            # on the LAN segment (10.77.2.x)
 RESTORED_IP = 51
 MIB = 1 << 20
 
-pytestmark = pytest.mark.skipif(not REPO_GUEST.exists(), reason="needs the test guest (`make test` builds it)")
+pytestmark = missing(files={REPO_GUEST: "the test guest: `make guest`"})
 
 
 @pytest.fixture(scope="module")
-def bed(tmp_path_factory, request):
-    testbed = testbed_module.Testbed.create(1, tmp_path_factory.mktemp("vms-testbed"))
-    try:
-        testbed.start()
-        node = testbed.nodes[0]
-        # How inner guests run is a testbed setting (TCG unless asked): the agent is told so.
-        node.succeed(f"printf '\\n[compute]\\naccel = \"{testbed.inner_accel}\"\\n' >> /etc/cairn/cairn.toml"
-                     " && systemctl restart cairn-agent")
-        yield testbed
-    finally:
-        if request.session.testsfailed:
-            testbed.collect_logs(ARTIFACTS / "vms-testbed")
-        testbed.stop()
+def bed(testbed_nodes):
+    """node2 of the shared testbed (its CAIRN-VD1 is still free: storage used the small disks, shares only mounted)."""
+    testbed = testbed_nodes(1)
+    node = testbed.nodes[0]
+    # How inner guests run is a testbed setting (TCG unless asked): the agent is told so.
+    node.succeed(f"printf '\\n[compute]\\naccel = \"{testbed.inner_accel}\"\\n' >> /etc/cairn/cairn.toml"
+                 " && systemctl restart cairn-agent")
+    return testbed
 
 
 def call(api, method: str, path: str, body: dict | None = None, expect_status=(200, 201, 202, 204)):

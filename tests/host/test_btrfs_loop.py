@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,12 +19,15 @@ import pytest
 from cairn.errors import Busy, CairnError, Conflict, NotFound
 from cairn.runner import Runner
 from cairn.storage import btrfs, btrfs_ioctl
+from environment import cannot, missing
 from support import wait_until
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("mkfs.btrfs") or not Path("/dev/loop-control").exists()
-    or "btrfs" not in Path("/proc/filesystems").read_text(),
-    reason="needs root, btrfs-progs, loop devices and btrfs in the kernel")
+pytestmark = [
+    cannot(os.geteuid() != 0 or not Path("/dev/loop-control").exists()
+           or "btrfs" not in Path("/proc/filesystems").read_text(),
+           "btrfs on loop devices (needs root, /dev/loop-control and btrfs in the kernel)"),
+    missing(tools={"mkfs.btrfs": "Debian package btrfs-progs"}),
+]
 
 CLONE_NEWNS = 0x00020000
 MIB = 1 << 20

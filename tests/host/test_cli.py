@@ -78,3 +78,15 @@ def test_unreachable_server_is_exit_3(tmp_path):
                           env={"XDG_CONFIG_HOME": str(tmp_path)})
     assert result.returncode == 3
     assert "cannot reach https://127.0.0.1:9" in result.stderr
+
+
+def test_job_list_pages_and_all(ctl, stack):
+    ids = [json.loads(ctl("--json", "node", "diagnose", stack.node, "--samples", "3", "--wait").stdout)["id"]
+           for _ in range(3)]
+    first = ctl("job", "list", "--limit", "2")
+    assert len(first.stdout.splitlines()) == 3                     # header and two jobs
+    token = first.stderr.split("--after ", 1)[1].split(",")[0]
+    second = ctl("--json", "job", "list", "--limit", "2", "--after", token).stdout
+    everything = [j["id"] for j in json.loads(ctl("--json", "job", "list", "--limit", "2", "--all").stdout)]
+    assert everything[:3] == ids[::-1]
+    assert [j["id"] for j in json.loads(second)] == everything[2:4]

@@ -8,9 +8,9 @@ uploaded are refused; delete is refused while a VM has the ISO as its cdrom or i
 a disk image, and a record whose pool is gone can still be deleted; an uploaded qcow2 becomes a
 VM's raw disk; and cairnctl image upload/list/delete.
 
-No libvirtd: the VMs that use images are on a far node (records through the API; its jobs stay
-queued), and the disk made from an image is made by the VM backend with a hypervisor that only
-records what it is given."""
+No libvirtd: the VMs that use images are on a far node (records written into the store; its jobs
+stay queued), and the disk made from an image is made by the VM backend with a hypervisor that
+only records what it is given."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ import pytest
 from cairn.cli.storage import human
 from cairn.compute import model
 from cairn.compute.vms import Compute
+from cairn.jobs import registry
+from cairn.jobs.service import JobService
 from cairn.runner import Runner
 from cairn.storage import model as storage_model
 from support import finish_job, storage_stack, wait_until
@@ -248,10 +250,21 @@ def test_delete_is_refused_while_a_vm_uses_the_image_then_removes_file_and_recor
     stack, call, files = rig
     iso_path = str(images_dir(stack) / "debian-netinst.iso")
     disk_path = str(images_dir(stack) / "guest.qcow2")
-    assert 202 == call("POST", "/vms", json={"name": "imt-cd", "pool": "far", "memory_mib": 128,
-                                             "disks": [{"size": "16M"}], "cdrom": iso_path}).status_code
-    assert 202 == call("POST", "/vms", json={"name": "imt-import", "pool": "far", "memory_mib": 128,
-                                             "disks": [{"import": disk_path}]}).status_code
+    # The VMs are on the far node so that their jobs stay queued; the API takes only images of the
+    # VM's own node, so their records go straight into the store (what is tested here is the image side).
+    store = stack.store()
+    for vm in (model.Vm("imt-cd", "00000000-0000-4000-8000-0000000000c1", FAR, "far", 1, 128,
+                        disks=(model.Disk("disk0", 16 * MiB),), nics=(model.Nic("52:54:00:00:cd:01"),),
+                        cdrom=iso_path),
+               model.Vm("imt-import", "00000000-0000-4000-8000-0000000000c2", FAR, "far", 1, 128,
+                        disks=(model.Disk("disk0", 0, disk_path),), nics=(model.Nic("52:54:00:00:cd:02"),))):
+        store.put(f"vms/{vm.name}", vm.to_dict())
+    registry.load_all()
+    JobService(store).submit("vm.create", FAR, {"vm": "imt-import"})
+    refused = call("POST", "/vms", json={"name": "imt-far", "pool": "far", "cdrom": iso_path})
+    assert refused.status_code == 400 and refused.json()["error"]["fields"]["cdrom"] == (
+        f"image debian-netinst.iso is in pool tank on node {stack.node}; this VM runs on {FAR}: "
+        f"upload the image to a pool of {FAR}")
     assert ["imt-cd"] == call("GET", "/images/tank/debian-netinst.iso").json()["used_by"]
     in_use = call("DELETE", "/images/tank/debian-netinst.iso")
     assert (409, "image debian-netinst.iso is the ISO of VM imt-cd: eject it there first (the VM's settings, or "

@@ -51,6 +51,10 @@ def test_loop_applies_only_the_difference_and_reports_per_area(store):
     assert area.applied == [[("add", "b")]]
     assert report["files"].ok and report["files"].actions == 1
     assert (report["broken"].ok, report["broken"].error) == (False, "mdadm exited with 1: mdadm: no arrays")
-    assert store.get("status/n1/reconcile")["files"] == {"ok": True, "actions": 1, "error": None, "at": 5.0}
+    assert store.get("status/n1/reconcile")["files"] == {"ok": True, "error": None, "since": 5.0}
+    written = store.get_entry("status/n1/reconcile").mod_revision
+    loop.clock = lambda: 6.0
     loop.run_once()
     assert area.applied == [[("add", "b")]], "a converged area must not be applied again"
+    assert store.get_entry("status/n1/reconcile").mod_revision == written, \
+        "an unchanged report must not be written again"

@@ -17,12 +17,12 @@ import pytest
 
 from cairn.devstack import free_port
 from cairn.runner import Runner
+from environment import missing
 from cairn.shares import model, smbconf
 from support import wait_until
 
 NSS_WRAPPER = "/usr/lib/x86_64-linux-gnu/libnss_wrapper.so"
-pytestmark = pytest.mark.skipif(not (shutil.which("smbd") and Path(NSS_WRAPPER).exists()),
-                                reason="samba and libnss-wrapper are installed by `make test`")
+pytestmark = missing(tools={"smbd": "Debian package samba"}, files={NSS_WRAPPER: "Debian package libnss-wrapper"})
 
 USERS = {"alice": 10001, "bob": 10002, "carol": 10003}
 PASSWORD = "Secret-123"

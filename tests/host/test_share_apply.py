@@ -1,8 +1,10 @@
 """The node side of shares for real: records written through ShareService into a real etcd, the
 agent's ShareApplier creating Unix accounts (useradd & co. under a temp etc root), Samba's passdb
 (pdbedit, NT hashes), ACLs on the share directories and smb.conf, and a real smbd on a loopback
-port serving what the records say — changes of passwords, permissions and shares included, and
-nothing changed when a config cannot be generated or testparm refuses it.
+port serving what the records say — changes of passwords (NT hashes given to pdbedit on stdin, never
+on its command line), permissions and shares included; a record that bypassed the API's checks
+reported on its own while every good one is applied; the running smb.conf kept when testparm
+refuses the new one.
 
 The accounts live in a temp etc root and reach Samba through nss_wrapper, so this host's own
 /etc/passwd is never touched. NFS is not served on this host (no nfsd); the appliance test does it.
@@ -28,12 +30,12 @@ from cairn.shares.model import Share
 from cairn.shares.ntlm import nt_hash
 from cairn.shares.service import ShareService
 from cairn.storage import model as storage_model
+from environment import missing
 from support import new_root, wait_until
 
 NSS_WRAPPER = "/usr/lib/x86_64-linux-gnu/libnss_wrapper.so"
-pytestmark = pytest.mark.skipif(not (shutil.which("smbd") and shutil.which("setfacl")
-                                     and Path(NSS_WRAPPER).exists()),
-                                reason="samba, acl and libnss-wrapper are installed by `make test`")
+pytestmark = missing(tools={"smbd": "Debian package samba", "setfacl": "Debian package acl"},
+                     files={NSS_WRAPPER: "Debian package libnss-wrapper"})
 
 
 class WrappedRunner(Runner):
@@ -42,8 +44,10 @@ class WrappedRunner(Runner):
     def __init__(self, env: dict[str, str]) -> None:
         super().__init__()
         self.extra = env
+        self.argvs: list[list[str]] = []
 
     def run(self, argv, **kwargs):
+        self.argvs.append(list(argv))
         kwargs["env"] = {**os.environ, **self.extra, **(kwargs.get("env") or {})}
         return super().run(argv, **kwargs)
 
@@ -176,6 +180,7 @@ def test_smbd_serves_what_the_records_say(node, tmp_path):
 
 
 def test_password_permission_and_disable_changes_reach_smbd(node, tmp_path):
+    node.runner.argvs.clear()
     node.service.update_user("bob", {"password": "Bob-new-pass-4"})
     node.service.update_share("Office", {"permissions": [{"principal": "user:alice", "access": "rw"},
                                                          {"principal": "group:office", "access": "rw"},
@@ -193,18 +198,58 @@ def test_password_permission_and_disable_changes_reach_smbd(node, tmp_path):
     assert disabled.returncode != 0 and "NT_STATUS_ACCOUNT_DISABLED" in disabled.stdout + disabled.stderr
     assert "alice:10000:" in node.runner.run(["pdbedit", "-s", str(node.conf), "-L", "-w"]).stdout
     assert node.apply() == 0
+    # The new hash went to pdbedit on stdin: no command line of the pass held it.
+    assert ["-i", "smbpasswd:/dev/stdin", "-u", "bob"] in [argv[3:] for argv in node.runner.argvs]
+    secret = nt_hash("Bob-new-pass-4").upper()
+    assert not [argv for argv in node.runner.argvs if any(secret in item.upper() for item in argv)]
 
 
-def test_a_config_that_cannot_be_made_or_checked_changes_nothing(node):
-    before = node.conf.read_text()
-    # A record that bypassed the API's checks: smb.conf cannot hold it, so nothing is written.
-    bad = dict(node.service.share("Office"), name="Bad%Uname")
-    node.store.put("shares/bad%uname", bad)
+def test_a_bad_record_is_reported_on_its_own_and_every_good_one_is_applied(node):
+    # Records that bypassed the API's checks, written straight into the store: a group whose name
+    # ends in a newline (groupadd would refuse it) and a share smb.conf cannot hold.
+    node.store.put("share-groups/staff\n", {"name": "staff\n", "gid": 10050, "description": ""})
+    node.store.put("shares/bad%uname", dict(node.service.share("Office"), name="Bad%Uname"))
+    # Good changes in the same pass: a group, a user in it, a share for them.
+    node.service.create_group({"name": "design"})
+    node.service.create_user({"name": "dave", "password": "Dave-pass-4444", "groups": ["design", "office"]})
+    node.service.create_share({"name": "Design", "pool": "tank", "volume": "office", "smb": {},
+                               "path": str(node.volume / "design"),
+                               "permissions": [{"principal": "group:design", "access": "rw"}]})
     report = node.loop.run_once()["shares"]
-    assert not report.ok and "nothing changed" in report.error and "Bad%Uname" in report.error
-    assert node.conf.read_text() == before
-    node.store.delete("shares/bad%uname")
+    assert not report.ok
+    assert repr("share-groups/staff\n") in report.error and "shares/bad%uname" in report.error
 
+    assert "dave:x:10003:100::/nonexistent:/usr/sbin/nologin\n" in (node.etc / "etc" / "passwd").read_text()
+    group_file = (node.etc / "etc" / "group").read_text()
+    assert "design:x:10001:dave\n" in group_file and "staff" not in group_file   # (office grants the volume)
+    listed = node.runner.run(["pdbedit", "-s", str(node.conf), "-L", "-w"]).stdout
+    assert f":{nt_hash('Dave-pass-4444').upper()}:" in listed
+    assert "[Design]" in node.conf.read_text() and "Bad%Uname" not in node.conf.read_text()
+    status = node.store.get("status/n1/shares")
+    assert status["served"] == ["Design", "Office"]
+    assert set(status["problems"]) == {"share-groups/staff\n", "shares/bad%uname"}
+    states = {s["name"]: s["state"] for s in node.service.with_state(node.service.shares())}
+    assert states["Design"] == {"state": "served", "node": "n1", "error": None}
+    assert states["Bad%Uname"]["state"] == "error" and "'%U'" in states["Bad%Uname"]["error"]
+    wait_until(lambda: node.smb("dave", "Dave-pass-4444", "Design", "ls").returncode == 0, 30,
+               "smbd to serve the new share to the new user")
+
+    # The same records again: nothing is redone, the same two are reported, the status is not rewritten.
+    revision = node.store.get_entry("status/n1/shares").mod_revision
+    again = node.loop.run_once()["shares"]
+    assert not again.ok and again.error == report.error
+    assert node.store.get_entry("status/n1/shares").mod_revision == revision
+
+    node.store.delete("share-groups/staff\n")
+    node.store.delete("shares/bad%uname")
+    assert node.apply() == 0
+    assert node.store.get("status/n1/shares") == {"served": ["Design", "Office"]}
+    node.service.delete_share("Design")       # (a share inside Office: Office's ACL changes reach into it)
+    assert node.apply() > 0
+
+
+def test_a_config_testparm_refuses_leaves_the_running_one(node):
+    before = node.conf.read_text()
     # testparm refuses the new file (here: a broken site include): the running one stays.
     node.include.write_text(node.site + "\tno such option = 1\n")
     node.service.create_share({"name": "Second", "pool": "tank", "volume": "office", "path":

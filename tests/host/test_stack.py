@@ -160,16 +160,29 @@ def test_etcd_down_gives_503_and_the_web_server_survives(stack):
     assert browser.post(stack.url + "/login", data={"username": "admin", "password": stack.password}).ok
     member = stack.etcd.members[0]
     member.daemon.stop()
+    endpoint = member.client_url.removeprefix("http://")
     try:
         reply = session.get(api(stack) + "/jobs", timeout=30)
         assert reply.status_code == 503
-        assert "cluster store (etcd) is unreachable" in reply.json()["error"]["message"]
+        assert {"code": "unavailable", "message": "cluster store unreachable"} == reply.json()["error"]
         assert "Traceback" not in reply.text
         health = requests.get(api(stack) + "/health", verify=stack.ca, timeout=30)
         assert (health.status_code, health.json()["store"]) == (503, "unreachable")
         page = browser.get(stack.url + "/jobs", timeout=30)
         assert page.status_code == 503
-        assert "cluster store (etcd) is unreachable" in page.text and "Traceback" not in page.text
+        assert "cluster store unreachable" in page.text and "Traceback" not in page.text
+        # A caller with no valid credentials learns nothing of the cluster's insides...
+        stranger = requests.get(api(stack) + "/nodes", headers={"Authorization": "Bearer guess"},
+                                verify=stack.ca, timeout=30)
+        assert (503, "cluster store unreachable") == (stranger.status_code, stranger.json()["error"]["message"])
+        assert endpoint not in stranger.text
+        # ...which the log keeps, on one line even when the path carries a newline (%0A).
+        forged = session.get(api(stack) + "/nodes/x%0A2026-01-01 00:00:00,000 cairn.web INFO forged", timeout=30)
+        assert forged.status_code == 503
+        log = (stack.dir / "web.log").read_text()
+        assert endpoint in log
+        assert not any(line.startswith("2026-01-01 00:00:00,000 cairn.web INFO forged") for line in log.splitlines())
+        assert "GET /api/v1/nodes/x\\x0a2026-01-01 00:00:00,000 cairn.web INFO forged failed" in log
     finally:
         stack.etcd.start_member(member)
         stack.etcd.wait_healthy()

@@ -212,9 +212,23 @@ def test_expand_then_replace_then_scrub(api):
     assert all(dev["allocated"] > 0 for dev in pool["status"]["devices"]), "the balance spread chunks to the new disk"
     reply = call(session, stack, "POST", "/pools/tank/replace", json={"old": "NOT-IN-POOL", "new": d})
     assert reply.status_code == 400
-    ok(run_job(session, stack, "POST", "/pools/tank/replace", json={"old": a, "new": d}, timeout=300))
+    # A schedule changed while the replace runs survives the job's own write of the disk list
+    # (the job changes the current record by compare-and-swap, not a copy it read at its start).
+    reply = call(session, stack, "POST", "/pools/tank/replace", json={"old": a, "new": d})
+    assert reply.status_code == 202, reply.text
+    job_id = reply.json()["id"]
+    wait_until(lambda: call(session, stack, "GET", f"/jobs/{job_id}").json()["state"] != "queued", 60,
+               "the replace to start")
+    patched = call(session, stack, "PATCH", "/pools/tank", json={"scrub_schedule": "monthly"})
+    assert patched.status_code == 200, patched.text
+    assert call(session, stack, "GET", f"/jobs/{job_id}").json()["state"] == "running", \
+        "the replace ended before the schedule changed: the race was not run"
+    ok(wait_until(lambda: (j := call(session, stack, "GET", f"/jobs/{job_id}").json())["state"]
+                  not in ("queued", "running") and j, 300, "the replace to end"))
     pool = call(session, stack, "GET", "/pools/tank").json()
     assert sorted(pool["disks"]) == sorted([b, c, d])
+    assert pool["scrub_schedule"] == "monthly"
+    assert call(session, stack, "PATCH", "/pools/tank", json={"scrub_schedule": None}).status_code == 200
     assert disks_of(session, stack)[a]["usage"]["kind"] != "pool"
     job = ok(run_job(session, stack, "POST", "/pools/tank/scrub", timeout=300))
     assert job["result"]["state"] == "finished" and job["result"]["bytes_scrubbed"] > 40 * MiB

@@ -49,6 +49,37 @@ def test_compare_and_swap_detects_a_concurrent_writer(store):
     assert store.get("k") == {"v": 3}
 
 
+def test_update_applies_its_change_to_a_value_written_meanwhile(store):
+    store.put("pools/tank", {"disks": ["a", "b"], "scrub_schedule": None})
+    calls = []
+
+    def replace_disk(record):
+        calls.append(dict(record))
+        if len(calls) == 1:      # someone changes the schedule between our read and our write
+            store.put("pools/tank", {**record, "scrub_schedule": "weekly"})
+        return {**record, "disks": [d for d in record["disks"] if d != "a"] + ["c"]}
+
+    entry = store.update("pools/tank", replace_disk)
+    assert store.get("pools/tank") == entry.value == {"disks": ["b", "c"], "scrub_schedule": "weekly"}
+    assert len(calls) == 2, "the change must run again on the fresh value"
+    before = store.get_entry("pools/tank").mod_revision
+    store.update("pools/tank", lambda record: record)
+    assert store.get_entry("pools/tank").mod_revision == before, "no change, no write"
+    with pytest.raises(store_mod.NotFound):
+        store.update("pools/none", lambda record: record)
+
+
+def test_get_many_and_paged_listings(store):
+    for number in range(5):
+        store.put(f"p/{number}", number)
+    assert [e and e.value for e in store.get_many(["p/1", "p/9", "p/4"])] == [1, None, 4]
+    assert [e.key for e in store.list("p/", limit=2, after="p/1")] == ["p/2", "p/3"]
+    assert [e.key for e in store.list("p/", limit=2, descending=True, after="p/3")] == ["p/2", "p/1"]
+    assert [e.value for e in store.list("p/", keys_only=True)] == [None] * 5
+    assert store.delete_range("p/1", "p/3") == 2
+    assert [e.key for e in store.list("p/")] == ["p/0", "p/3", "p/4"]
+
+
 def test_multi_key_transaction_is_all_or_nothing(store):
     store.put("locks/b", "held")
     assert store.txn([absent("locks/a"), absent("locks/b")], [Put("locks/a", 1), Put("locks/b", 1)]) is False
@@ -126,3 +157,22 @@ def test_failover_to_the_next_endpoint(store, etcd):
     store.put("k", "v")
     both = Store([dead] + etcd.endpoints, store.root, timeout=1)
     assert both.get("k") == "v"
+
+
+def test_a_watch_from_a_compacted_revision_says_so_then_goes_on(store):
+    start = store.revision() + 1
+    store.put("gone/a", 1)
+    store.put("gone/b", 2)
+    compacted_at = store.revision()
+    store._post("/kv/compaction", {"revision": str(compacted_at)}, idempotent=True)
+    store.put("gone/c", 3)
+    stop = threading.Event()
+    seen = []
+    for event in store.watch("gone/", start, idle_timeout=0.5, stop=stop):
+        if event is None:
+            break
+        seen.append((event.kind, event.key))
+        if event.key == "gone/c":
+            break
+    assert seen[0] == ("compacted", "")
+    assert seen[-1] == ("put", "gone/c") and ("put", "gone/a") not in seen

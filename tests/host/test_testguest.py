@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 
+from environment import missing
 from support import ARTIFACTS
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = REPO / "build" / "guest" / "cairn-testguest.img"
 BOOT_PARTITION_OFFSET = 1 << 20  # image/guest/build.py: BOOT_START_MIB = 1
 
-pytestmark = pytest.mark.skipif(
-    not IMAGE.exists(), reason=f"{IMAGE.relative_to(REPO)} missing: build it with `make guest`")
+pytestmark = missing(files={IMAGE: "the test guest: `make guest`"})
 
 HEARTBEAT = re.compile(r"CAIRN-HEARTBEAT boot=(?P<boot>\S+) n=(?P<n>\d+) up=(?P<up>[\d.]+) ip=(?P<ip>\S+)")
 BOOT_TIMEOUT = 90  # seconds; a first heartbeat takes a few seconds here, more on a loaded CI host

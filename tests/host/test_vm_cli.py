@@ -11,6 +11,7 @@ import time
 import pytest
 
 from cairn.compute import model
+from cairn.compute.image_store import Image
 from cairn.runner import Runner
 from cairn.storage import model as storage_model
 
@@ -34,6 +35,9 @@ def rig(stack, tmp_path_factory):
     for vm in records:
         store.put(f"vms/{vm.name}", vm.to_dict())
         store.put(f"vm-macs/{vm.nics[0].mac}", {"vm": vm.name})
+    for name, kind in (("x.iso", "iso"), ("debian.qcow2", "disk")):     # uploaded to the far pool
+        store.put(f"images/far/{name}", Image("far", name, FAR, f"/pools/far/images/{name}", 1 << 20, kind,
+                                              "raw" if kind == "iso" else "qcow2", 1 << 20).to_dict())
     store.put("vm-status/web", {"node": FAR, "state": "running", "accel": "tcg", "vnc_port": 5900,
                                 "snapshots": ["before-upgrade", "daily.1"], "files": True})
     store.put("vm-status/db", {"node": FAR, "state": "shutoff", "accel": "kvm", "vnc_port": None,
@@ -122,12 +126,16 @@ def test_vm_delete_of_a_running_vm_needs_force(rig):
 
 def test_vm_set_changes_a_stopped_vm_and_refuses_a_running_one(rig):
     stack, ctl, job = rig
-    result = ctl("vm", "set", "db", "--memory", "2048", "--vcpus", "2", "--iso", "/pools/far/iso/x.iso",
-                 "--no-autostart")
+    result = ctl("vm", "set", "db", "--memory", "2048", "--vcpus", "2", "--iso", "far/x.iso", "--no-autostart")
     assert {"kind": "vm.redefine", "node": FAR, "params": {"vm": "db"}, "state": "queued"} == job(queued(result))
     record = stack.store().get("vms/db")
     assert (record["memory_mib"], record["vcpus"], record["cdrom"], record["autostart"]) == \
-        (2048, 2, "/pools/far/iso/x.iso", False)
+        (2048, 2, "/pools/far/images/x.iso", False)
+    for iso, why in (("/etc/shadow", "/etc/shadow is in /etc: system files are never VM images"),
+                     ("/pools/far/images/debian.qcow2", "debian.qcow2 is a disk image to import, not an ISO image "
+                                                        "for the cdrom")):
+        refused = ctl("vm", "set", "db", "--iso", iso, check=False)
+        assert (1, f"error (400): cdrom: {why}\n") == (refused.returncode, refused.stderr)
     ctl("vm", "set", "db", "--eject")
     assert stack.store().get("vms/db")["cdrom"] is None
     refused = ctl("vm", "set", "web", "--memory", "1024", check=False)
@@ -141,7 +149,7 @@ def test_vm_create_from_an_image_with_cloud_init_sends_both(rig, tmp_path):
     stack, ctl, job = rig
     key = tmp_path / "id.pub"
     key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAiBs5xOBnDTD6R/rf/T9GPDXC00MDbnufS9RzHSfiMc ops@laptop\n")
-    result = ctl("vm", "create", "app", "--pool", "far", "--import", "/pools/far/images/debian.qcow2", "--disk", "30G",
+    result = ctl("vm", "create", "app", "--pool", "far", "--import", "far/debian.qcow2", "--disk", "30G",
                  "--user", "ops", "--ssh-key", str(key), "--password-stdin", input="Guest-pass-1\n")
     assert {"kind": "vm.create", "node": FAR, "params": {"vm": "app"}, "state": "queued"} == job(queued(result))
     record = stack.store().get("vms/app")

@@ -29,6 +29,7 @@ from cairn.compute.hypervisor import Hypervisor
 from cairn.compute.vms import Compute, get_vm
 from cairn.errors import ExecutionError
 from cairn.runner import Runner
+from environment import missing
 from support import (ARTIFACTS, CANVAS_HAS_PICTURE, GUEST_IP, HOST_IP, VM_BRIDGE as BRIDGE, console_page, finish_job,
                      goto, guest_run, libvirt_host, reachable, storage_stack, virsh, wait_until)
 from vnc_client import Console
@@ -37,8 +38,8 @@ REPO = Path(__file__).resolve().parents[2]
 GUEST = REPO / "build" / "guest" / "cairn-testguest.img"
 HEARTBEAT = re.compile(r"CAIRN-HEARTBEAT boot=(\S+) n=(\d+)")
 
-pytestmark = pytest.mark.skipif(not (GUEST.exists() and shutil.which("libvirtd")),
-                                reason="needs libvirtd and the test guest (`make test` provides both)")
+pytestmark = missing(tools={"libvirtd": "Debian package libvirt-daemon-system"},
+                     files={GUEST: "the test guest: `make guest`"})
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +101,31 @@ def log_size(stack, name: str) -> int:
     return len(log.read_text(errors="replace")) if log.exists() else 0
 
 
+OCTETS = {"Content-Type": "application/octet-stream"}
+
+
+def uploaded(api, source: Path, name: str) -> str:
+    """`source` uploaded into pool tank's images volume (a VM's disk is imported from, and its ISO
+    is, an uploaded image or a file under a directory the node's config allows); its path."""
+    stack, call, _ = api
+    found = call("GET", f"/images/tank/{name}")
+    if found.status_code == 200:
+        return found.json()["path"]
+    with open(source, "rb") as handle:
+        reply = call("PUT", f"/images/tank/{name}", data=handle, headers=OCTETS)
+    assert reply.status_code == 201, reply.text
+    return reply.json()["path"]
+
+
+def guest_image(api) -> str:
+    """The test guest as an uploaded qcow2 (its raw contents once imported)."""
+    stack, _, _ = api
+    qcow2 = stack.dir / "guest.qcow2"
+    if not qcow2.exists():
+        Runner().run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(GUEST), str(qcow2)])
+    return uploaded(api, qcow2, "guest.qcow2")
+
+
 def boot_and_power_off(api, name: str) -> tuple[str, list[str]]:
     """Start the VM, wait for its heartbeat, read its NIC MACs from the running domain, power off."""
     stack, call, _ = api
@@ -113,11 +139,9 @@ def boot_and_power_off(api, name: str) -> tuple[str, list[str]]:
 
 def test_a_vm_is_created_from_an_imported_image_booted_and_shut_down(api):
     stack, call, _ = api
-    images = stack.dir / "images"
-    images.mkdir()
-    Runner().run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(GUEST), str(images / "guest.qcow2")])
+    image = guest_image(api)
     body = {"name": "vmt-guest", "pool": "tank", "vcpus": 1, "memory_mib": 128, "firmware": "bios",
-            "cpu_model": "qemu64", "disks": [{"import": str(images / "guest.qcow2")}, {"size": "32M"}],
+            "cpu_model": "qemu64", "disks": [{"import": image}, {"size": "32M"}],
             "nics": [{"bridge": BRIDGE}]}
     job = done(api, "POST", "/vms", json=body)
     assert job["result"]["accel"] == "tcg"
@@ -128,7 +152,7 @@ def test_a_vm_is_created_from_an_imported_image_booted_and_shut_down(api):
     assert empty.stat().st_size == 32 << 20 and empty.stat().st_blocks == 0
     record = call("GET", "/vms/vmt-guest").json()
     assert [(d["size"], d["imported_from"]) for d in record["disks"]] == [
-        (64 << 20, str(images / "guest.qcow2")), (32 << 20, None)]
+        (64 << 20, image), (32 << 20, None)]
     vm = wait_until(lambda: (v := call("GET", "/vms/vmt-guest").json()).get("status") and v, 30, "the VM's status")
     assert vm["status"]["state"] == "shutoff" and vm["status"]["accel"] == "tcg"
     assert re.match(r"^52:54:00(:[0-9a-f]{2}){3}$", vm["nics"][0]["mac"])
@@ -149,16 +173,29 @@ def test_a_vm_is_created_from_an_imported_image_booted_and_shut_down(api):
 
 def test_bad_input_is_refused_with_the_reason(api):
     stack, call, _ = api
-    notes = stack.dir / "images" / "notes.txt"
-    notes.write_text("not a disk\n")
-    text = call("POST", "/vms", json={"name": "vmt-text", "pool": "tank", "disks": [{"import": str(notes)}]})
-    assert text.status_code == 400 and "is not a disk image" in text.json()["error"]["fields"]["disks[0].import"]
-    small = call("POST", "/vms", json={"name": "vmt-small", "pool": "tank",
-                                       "disks": [{"import": str(stack.dir / "images" / "guest.qcow2"), "size": "16M"}]})
+    image = guest_image(api)
+    small = call("POST", "/vms", json={"name": "vmt-small", "pool": "tank", "disks": [{"import": image, "size": "16M"}]})
     assert small.status_code == 400 and "would cut it off" in small.json()["error"]["fields"]["disks[0].size"]
-    missing = call("POST", "/vms", json={"name": "vmt-none", "pool": "tank", "disks": [{"import": "/nowhere.img"}]})
-    assert missing.status_code == 400 and "does not exist" in missing.json()["error"]["fields"]["disks[0].import"]
-    assert [call("GET", f"/vms/{n}").status_code for n in ("vmt-text", "vmt-small", "vmt-none")] == [404] * 3
+    # Only uploaded images (or files under [compute] image_dirs) reach a guest: never a device, a
+    # system file, a file elsewhere on the node, nor a symlink out of the images volume.
+    notes = stack.dir / "notes.txt"
+    notes.write_text("not a disk\n")
+    link = Path(image).parent / "shadow.img"
+    link.symlink_to("/etc/shadow")
+    try:
+        refused = call("POST", "/vms", json={"name": "vmt-steal", "pool": "tank", "cdrom": "/etc/shadow",
+                                             "disks": [{"import": "/dev/sda"}, {"import": str(notes)},
+                                                       {"import": "/nowhere.img"}, {"import": str(link)}]})
+    finally:
+        link.unlink()
+    assert refused.status_code == 400
+    fields = refused.json()["error"]["fields"]
+    assert (fields["cdrom"], fields["disks[0].import"]) == ("/etc/shadow is in /etc: system files are never VM images",
+                                                           "/dev/sda is in /dev: system files are never VM images")
+    assert fields["disks[1].import"].startswith(f"{notes} is not an uploaded image")
+    assert fields["disks[2].import"].startswith("/nowhere.img is not an uploaded image")
+    assert fields["disks[3].import"].startswith(f"{link} is not an uploaded image")
+    assert [call("GET", f"/vms/{n}").status_code for n in ("vmt-small", "vmt-steal")] == [404] * 2
     big = call("POST", "/vms", json={"name": "vmt-big", "pool": "tank", "memory_mib": 10 << 20, "vcpus": 512})
     assert big.status_code == 400
     fields = big.json()["error"]["fields"]
@@ -326,7 +363,7 @@ def seed_file(seed: Path, name: str) -> str:
 def test_cloud_init_seed_carries_the_user_and_a_copy_gets_its_own_identity(api):
     stack, call, _ = api
     body = {"name": "vmt-cloud", "pool": "tank", "memory_mib": 128, "firmware": "bios", "cpu_model": "qemu64",
-            "disks": [{"import": str(stack.dir / "images" / "guest.qcow2")}], "nics": [{"bridge": BRIDGE}],
+            "disks": [{"import": guest_image(api)}], "nics": [{"bridge": BRIDGE}],
             "cloud_init": {"user": "ops", "password": "Guest-pass-1", "ssh_keys": [KEY]}}
     done(api, "POST", "/vms", json=body)
     record = call("GET", "/vms/vmt-cloud").json()
@@ -357,13 +394,17 @@ def test_cloud_init_seed_carries_the_user_and_a_copy_gets_its_own_identity(api):
 
 def test_a_stopped_vm_is_edited_and_libvirt_gets_the_new_definition(api):
     stack, call, _ = api
+    iso = uploaded(api, make_guest_iso(stack.dir / "edit-iso"), "edit.iso")
     done(api, "PATCH", "/vms/vmt-guest", json={"memory_mib": 192, "vcpus": 2, "description": "edited",
-                                               "cdrom": str(stack.dir / "images" / "guest.qcow2")})
+                                               "cdrom": iso})
     xml = virsh("dumpxml", "vmt-guest", "--inactive").stdout
     assert '<memory unit="KiB">196608</memory>' in xml.replace("'", '"') and ">2</vcpu>" in xml
-    assert "<description>edited</description>" in xml and "guest.qcow2" in xml
+    assert "<description>edited</description>" in xml and "edit.iso" in xml
     done(api, "PATCH", "/vms/vmt-guest", json={"cdrom": None, "vcpus": 1})
-    assert "guest.qcow2" not in virsh("dumpxml", "vmt-guest", "--inactive").stdout
+    assert "edit.iso" not in virsh("dumpxml", "vmt-guest", "--inactive").stdout
+    refused = call("PATCH", "/vms/vmt-guest", json={"cdrom": "/dev/sda"})
+    assert refused.status_code == 400 and refused.json()["error"]["fields"] == {
+        "cdrom": "/dev/sda is in /dev: system files are never VM images"}
     too_big = call("PATCH", "/vms/vmt-guest", json={"memory_mib": 10 << 20})
     assert too_big.status_code == 400 and "available to VMs" in too_big.json()["error"]["fields"]["memory_mib"]
     fixed = call("PATCH", "/vms/vmt-guest", json={"name": "other"})
@@ -381,7 +422,7 @@ def test_a_stopped_vm_is_edited_and_libvirt_gets_the_new_definition(api):
 def test_the_console_shows_the_vm_screen_over_the_websocket_relay_and_in_novnc(api):
     stack, call, session = api
     done(api, "POST", "/vms", json={"name": "vmt-screen", "pool": "tank", "vcpus": 1, "memory_mib": 128,
-                                    "firmware": "bios", "cpu_model": "qemu64", "disks": [{"import": str(GUEST)}],
+                                    "firmware": "bios", "cpu_model": "qemu64", "disks": [{"import": guest_image(api)}],
                                     "nics": [{"bridge": BRIDGE}]})
     token = session.headers["Authorization"].removeprefix("Bearer ")
     path = "/api/v1/vms/vmt-screen/vnc"
@@ -417,7 +458,7 @@ def test_the_console_shows_the_vm_screen_over_the_websocket_relay_and_in_novnc(a
 def test_a_running_vm_with_a_guest_agent_is_snapshotted_quiesced(api):
     stack, call, _ = api
     done(api, "POST", "/vms", json={"name": "vmt-qga", "pool": "tank", "vcpus": 1, "memory_mib": 128,
-                                    "firmware": "bios", "cpu_model": "qemu64", "disks": [{"import": str(GUEST)}],
+                                    "firmware": "bios", "cpu_model": "qemu64", "disks": [{"import": guest_image(api)}],
                                     "nics": [{"bridge": BRIDGE}]})
     done(api, "POST", "/vms/vmt-qga/actions/start", json={})
     heartbeat(stack, "vmt-qga")
@@ -471,10 +512,7 @@ def make_guest_iso(workdir: Path) -> Path:
 
 def test_a_vm_boots_from_its_iso_and_the_iso_is_ejected_while_it_is_stopped(api):
     stack, call, _ = api
-    iso_dir = stack.dir / "iso-build"
-    iso_dir.mkdir()
-    os.chmod(iso_dir, 0o755)
-    iso = make_guest_iso(iso_dir)
+    iso = uploaded(api, make_guest_iso(stack.dir / "iso-build"), "guest.iso")
     done(api, "POST", "/vms", json={"name": "vmt-cd", "pool": "tank", "vcpus": 1, "memory_mib": 128,
                                     "firmware": "bios", "cpu_model": "qemu64", "disks": [{"size": "16M"}],
                                     "cdrom": str(iso), "nics": [{"bridge": BRIDGE}]})

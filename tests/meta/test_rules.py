@@ -1,5 +1,5 @@
-"""Rules that keep the code base honest: one door to commands, no shell, every API route behind
-authentication, every API field described."""
+"""Rules that keep the code base honest: one door to commands, no shell, no pattern that lets a
+final newline through, every API route behind authentication, every API field described."""
 
 import ast
 from pathlib import Path
@@ -52,6 +52,29 @@ def test_os_system_and_popen_are_not_used():
     assert offenders == []
 
 
+# Patterns that still end in '$' in code this rule's author does not own; each must be mended by
+# its owner and then taken off (the test fails while the list says more than the code has).
+DOLLAR_KNOWN: set[str] = set()
+
+
+def test_no_pattern_ends_in_a_dollar_that_lets_a_final_newline_through():
+    """`$` also matches before a final newline, so re.match(r"^name$", "name\\n") succeeds: whole
+    values are checked with fullmatch (no anchors), and a pattern that must end says \\Z."""
+    offenders = set()
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "re"
+                    and node.func.attr in ("compile", "match", "search", "fullmatch") and node.args
+                    and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+                continue
+            pattern = node.args[0].value
+            multiline = "MULTILINE" in ast.unparse(node) or "(?m" in pattern
+            if pattern.endswith("$") and not pattern.endswith("\\$") and not multiline:
+                offenders.add(f"{path.relative_to(SERVICES)}: {pattern}")
+    assert offenders == DOLLAR_KNOWN
+
+
 @pytest.fixture(scope="module")
 def app(etcd, tmp_path_factory):
     cfg = config_mod.Config(node_name="meta", etcd_endpoints=tuple(etcd.endpoints),
@@ -87,8 +110,6 @@ def test_every_api_field_has_a_description(app):
         spec = app.spec
     missing = []
     for name, schema in spec["components"]["schemas"].items():
-        if name in ("ValidationError", "HTTPError"):
-            continue  # APIFlask's own error schemas
         for field, body in schema.get("properties", {}).items():
             if not body.get("description"):
                 missing.append(f"{name}.{field}")
@@ -98,3 +119,21 @@ def test_every_api_field_has_a_description(app):
                 if parameter["in"] == "query" and not parameter.get("description"):
                     missing.append(f"{method.upper()} {path} ?{parameter['name']}")
     assert missing == []
+
+
+def test_every_error_answer_in_the_document_has_the_one_error_shape_and_every_guarded_route_its_401(app):
+    """What error_response sends, {"error": {code, message, ...}}, is what the document gives for
+    each 4xx and 5xx (tests/host/test_api_fuzz.py checks the answers against it)."""
+    with app.app_context():
+        spec = app.spec
+    odd = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            if operation.get("security") and "401" not in responses:
+                odd.append(f"{method.upper()} {path}: no 401")
+            for status, response in responses.items():
+                schema = response.get("content", {}).get("application/json", {}).get("schema")
+                if status[0] in "45" and schema != {"$ref": "#/components/schemas/ErrorOut"}:
+                    odd.append(f"{method.upper()} {path} {status}: {schema}")
+    assert odd == []

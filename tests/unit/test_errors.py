@@ -33,10 +33,31 @@ def test_validation_error_lists_every_field():
     }
 
 
-def test_command_failed_says_argv_code_and_last_stderr_line():
-    error = errors.CommandFailed(["mdadm", "--create"], 2, "warning\nmdadm: device busy\n")
-    assert error.message == "mdadm exited with 2: mdadm: device busy"
-    assert error.to_dict()["details"]["argv"] == ["mdadm", "--create"]
+def test_command_failed_tells_clients_tool_code_and_last_stderr_line_only():
+    error = errors.CommandFailed(["/usr/sbin/mdadm", "--create", "/dev/md/secret-name"], 2,
+                                 "warning: /dev/sdq is odd\nmdadm: device busy\n\n")
+    assert error.to_dict() == {"code": "command_failed", "message": "mdadm exited with 2: mdadm: device busy",
+                               "details": {"returncode": 2}}
+    # The whole argv and stderr stay on the exception, for the job log and the server log.
+    assert (error.argv, error.stderr) == (["/usr/sbin/mdadm", "--create", "/dev/md/secret-name"],
+                                          "warning: /dev/sdq is odd\nmdadm: device busy\n\n")
+    assert "/dev/md/secret-name" in error.log_text() and "/dev/sdq is odd" in error.log_text()
+
+
+def test_command_failed_cuts_a_long_last_line_and_a_timeout_names_the_tool():
+    error = errors.CommandFailed(["qemu-img"], 1, "x" * 5000)
+    assert len(error.message) <= len("qemu-img exited with 1: ") + errors.REASON_MAX
+    assert error.message.endswith("…") and "x" * 5000 not in str(error.to_dict())
+    timeout = errors.CommandTimeout(["/usr/bin/btrfs", "scrub", "/pools/tank"], 5.0, "partial output")
+    assert timeout.to_dict() == {"code": "command_timeout", "message": "btrfs did not finish within 5 s",
+                                 "details": {"returncode": -1}}
+
+
+def test_any_error_keeps_argv_and_stderr_details_out_of_what_clients_see():
+    busy = errors.Busy("btrfs balance start refused: busy", argv=["btrfs", "balance", "start", "/pools/x"],
+                       returncode=1, stderr="ERROR: another exclusive operation", pool="x")
+    assert busy.to_dict() == {"code": "busy", "message": "btrfs balance start refused: busy",
+                              "details": {"returncode": 1, "pool": "x"}}
 
 
 def test_execution_error_says_what_was_done():

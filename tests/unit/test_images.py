@@ -3,6 +3,7 @@ qcow2, vmdk, vdi, and a text file qemu-img calls "raw"), and the size of the imp
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,68 @@ def test_conversion_makes_a_thin_raw_file_and_paths_cannot_pass_for_options():
     assert images.convert_argv("-x.qcow2", "qcow2", "/p/disk0.raw") == [
         "qemu-img", "convert", "-f", "qcow2", "-O", "raw", "-S", "4k", "--", "-x.qcow2", "/p/disk0.raw"]
     assert images.info_argv("-x") == ["qemu-img", "info", "--output=json", "--", "-x"]
+
+
+TANK_ISO = images.KnownImage("/pools/tank/images/debian.iso", "iso", "node-a", "tank", "debian.iso")
+TANK_DISK = images.KnownImage("/pools/tank/images/guest.qcow2", "disk", "node-a", "tank", "guest.qcow2")
+FAR_DISK = images.KnownImage("/pools/far/images/other.qcow2", "disk", "node-b", "far", "other.qcow2")
+
+
+def source(path, kind="disk", allowed=()):
+    return images.source_problem(path, kind, "node-a", [TANK_ISO, TANK_DISK, FAR_DISK], allowed)
+
+
+def test_uploaded_images_of_the_vms_node_and_files_under_allowed_dirs_are_taken():
+    assert source("/pools/tank/images/guest.qcow2") is None
+    assert source("/pools/tank/images/debian.iso", "iso") is None
+    assert source("/srv/isos/rescue.iso", "iso", allowed=["/srv/isos"]) is None
+    assert source("/srv/isos/sub/rescue.iso", "iso", allowed=["/srv/isos/"]) is None
+
+
+@pytest.mark.parametrize("path, problem", [
+    ("/dev/sda", "/dev/sda is in /dev: system files are never VM images"),
+    ("/etc/shadow", "/etc/shadow is in /etc: system files are never VM images"),
+    ("/proc/self/environ", "/proc/self/environ is in /proc: system files are never VM images"),
+    ("/pools/tank/images/../../../etc/shadow", "must be a normalised path (no '..', '.', '//' or trailing '/'): "
+                                                "/etc/shadow?"),
+    ("/pools/tank/images//guest.qcow2", "must be a normalised path (no '..', '.', '//' or trailing '/'): "
+                                        "/pools/tank/images/guest.qcow2?"),
+    ("/pools/tank/images/guest.qcow2\n", "must not contain control characters"),
+    ("guest.qcow2", "must be the absolute path of an image file"),
+    (None, "must be the absolute path of an image file"),
+    ("/pools/tank/images/debian.iso", "debian.iso is an ISO image for the cdrom, not a disk image to import"),
+    ("/pools/far/images/other.qcow2", "image other.qcow2 is in pool far on node node-b; this VM runs on node-a: "
+                                      "upload the image to a pool of node-a"),
+    ("/srv/isos", "/srv/isos is not an uploaded image: give the path of a disk image in a pool's images volume on "
+                  "node node-a (as GET /api/v1/images lists it) or a file under /srv/isos; other places are allowed "
+                  "only through [compute] image_dirs in the node's config"),
+])
+def test_anything_else_is_refused_saying_why(path, problem):
+    assert source(path, allowed=["/srv/isos"]) == problem
+
+
+def test_on_the_node_a_symlink_out_of_its_place_or_to_no_regular_file_is_refused(tmp_path):
+    allowed = tmp_path / "isos"
+    allowed.mkdir()
+    (allowed / "real.iso").write_bytes(b"x")
+    (allowed / "alias.iso").symlink_to(allowed / "real.iso")
+    (allowed / "shadow.iso").symlink_to("/etc/shadow")
+    (allowed / "escape.iso").symlink_to(tmp_path / "outside.iso")
+    (tmp_path / "outside.iso").write_bytes(b"x")
+    (allowed / "dir.iso").mkdir()
+
+    def resolved(name):
+        return images.resolved_problem(str(allowed / name), [str(allowed)], os.path.realpath, os.stat)
+    assert (resolved("real.iso"), resolved("alias.iso")) == (None, None)
+    assert resolved("shadow.iso") == f"{allowed}/shadow.iso leads to /etc/shadow, outside {allowed}"
+    assert resolved("escape.iso") == f"{allowed}/escape.iso leads to {tmp_path}/outside.iso, outside {allowed}"
+    assert resolved("dir.iso") == (f"{allowed}/dir.iso is not a regular file (a device, directory or other "
+                                   "special file is never a VM image)")
+    assert resolved("gone.iso") == f"{allowed}/gone.iso does not exist on this node"
+    (allowed / "null.iso").symlink_to("/dev/null")
+    assert resolved("null.iso") == f"{allowed}/null.iso leads to /dev/null, outside {allowed}"
+    # An allowed directory that is itself a symlink into a system directory gives nothing either.
+    (tmp_path / "etc-link").symlink_to("/etc")
+    assert images.resolved_problem(str(tmp_path / "etc-link" / "shadow"), [str(tmp_path / "etc-link")],
+                                   os.path.realpath, os.stat) == \
+        f"{tmp_path}/etc-link/shadow leads to /etc/shadow, in /etc: system files are never VM images"

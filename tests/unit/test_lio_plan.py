@@ -4,7 +4,7 @@ them, stray targets and Cairn's unused backstores removed; a grown LUN grows fil
 
 from __future__ import annotations
 
-from cairn.shares.lio import Acl, Backstore, Lio, TargetState, backstore_name, plan, wanted
+from cairn.shares.lio import Acl, Backstore, Lio, TargetState, backstore_name, plan, screen, wanted
 
 SERIAL0, SERIAL1 = "a" * 32, "b" * 32
 IQN = "iqn.2026-11.invalid.cairn:vmstore"
@@ -66,3 +66,46 @@ def test_targets_without_records_go_and_only_cairns_backstores_are_removed():
     actions = plan(Lio(), have)
     assert [a.kind for a in actions] == ["target-delete", "backstore-delete", "backstore-delete"]
     assert foreign.name not in {a.backstore.name for a in actions if a.backstore}
+
+
+def placed(name: str, serial: str = SERIAL0, root: str = "/pools", **changes) -> dict:
+    """A target record as the API writes it (LUN file where it belongs under `root`)."""
+    record = {"name": name, "iqn": f"iqn.2026-11.invalid.cairn:{name}", "pool": "tank", "volume": "luns",
+              "description": "", "initiators": [CLIENT], "chap": None,
+              "luns": [{"lun": 0, "size": 1 << 30, "serial": serial,
+                        "file": f"{root}/tank/luns/.iscsi/{name}/lun0-{serial[:8]}.img"}]}
+    record.update(changes)
+    return record
+
+
+def test_screen_keeps_good_records_and_names_bad_ones_holding_what_lio_has_for_them():
+    good = placed("vmstore")
+    entries = [("iscsi-targets/vmstore", good),
+               ("iscsi-targets/bad\n", placed("bad\n", SERIAL1)),
+               ("iscsi-targets/thief", placed("thief", "c" * 32, luns=[{"lun": 0, "size": 1 << 20, "serial": "c" * 32,
+                                                                       "file": "/etc/shadow"}])),
+               ("iscsi-targets/elsewhere", dict(placed("elsewhere", "d" * 32), pool="other")),
+               ("iscsi-targets/misfiled", placed("other", "e" * 32))]
+    records, rejected, keep = screen(entries, {"tank"}, "/pools")
+    assert records == [good]
+    assert set(rejected) == {"iscsi-targets/bad\n", "iscsi-targets/thief", "iscsi-targets/misfiled"}
+    assert "name: target name must be" in rejected["iscsi-targets/bad\n"]
+    assert rejected["iscsi-targets/thief"] == ("luns[0].file: must be /pools/tank/luns/.iscsi/thief/"
+                                               f"lun0-{'c' * 8}.img (where the LUN's file lives)")
+    assert keep == {"iqn.2026-11.invalid.cairn:bad\n", backstore_name(SERIAL1), "iqn.2026-11.invalid.cairn:thief",
+                    backstore_name("c" * 32), "iqn.2026-11.invalid.cairn:other", backstore_name("e" * 32)}
+
+
+def test_screen_without_the_pools_root_takes_any_root_but_the_same_for_every_lun():
+    record = placed("vmstore", root="/srv/test-pools")
+    assert screen([("iscsi-targets/vmstore", record)], {"tank"})[0] == [record]
+    split = dict(record, luns=record["luns"] + [dict(record["luns"][0], lun=1, serial=SERIAL1,
+                                                     file=f"/elsewhere/tank/luns/.iscsi/vmstore/lun1-{SERIAL1[:8]}.img")])
+    assert set(screen([("iscsi-targets/vmstore", split)], {"tank"})[1]) == {"iscsi-targets/vmstore"}
+
+
+def test_what_belongs_to_a_record_the_node_could_not_use_is_never_removed():
+    have = configured()
+    assert {a.kind for a in plan(Lio(), have)} == {"target-delete", "backstore-delete"}
+    keep = frozenset({IQN, backstore_name(SERIAL0), backstore_name(SERIAL1)})
+    assert plan(Lio(), have, keep) == []

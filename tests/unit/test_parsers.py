@@ -19,6 +19,8 @@ def test_inventory_from_captured_proc():
     assert inv.kernel == "6.18.44-fc-v657"
     assert len(inv.boot_id) == 36
     assert inv.uptime > 0
+    assert inv.booted_at == 1796617261.0
+    assert "uptime" not in inv.to_record() and inv.to_record()["booted_at"] == inv.booted_at
 
 
 def test_meminfo_units():

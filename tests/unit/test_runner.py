@@ -30,6 +30,12 @@ def test_check_false_returns_the_code_for_callers_that_decode_it():
     assert Runner().run(["sh", "-c", "exit 4"], check=False).returncode == 4
 
 
+def test_input_reaches_stdin_and_as_a_file_can_be_read_twice_where_a_pipe_cannot():
+    twice = ["sh", "-c", "cat /dev/stdin; cat /dev/stdin"]
+    assert Runner().run(twice, input="secret\n").stdout == "secret\n"          # a pipe is drained
+    assert Runner().run(twice, input="secret\n", input_file=True).stdout == "secret\nsecret\n"
+
+
 def test_timeout_raises_command_timeout():
     started = time.monotonic()
     with pytest.raises(CommandTimeout) as caught:

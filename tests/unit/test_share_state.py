@@ -47,3 +47,12 @@ def test_before_the_node_published_anything_the_share_is_pending():
 def test_without_a_pool_node_nothing_serves_the_share():
     assert {"state": "pending", "node": None, "error": None} == \
         share_state(OFFICE, None, {"served": ["Office"]}, FAILED_PASS)
+
+
+def test_a_share_whose_record_the_node_could_not_use_shows_what_is_wrong_with_it():
+    published = {"served": ["Media"], "problems": {"shares/office": "path: /etc is outside volume tank/office",
+                                                   "share-groups/staff\n": "name: group name must be ..."}}
+    failed = {"ok": False, "error": "2 not applied (everything else was): ..."}
+    assert {"state": "error", "node": "node-a", "error": "path: /etc is outside volume tank/office"} == \
+        share_state(OFFICE, "node-a", published, failed)
+    assert "served" == share_state({"name": "Media"}, "node-a", published, failed)["state"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cairn.runner import Runner
+from environment import missing
 from support import assert_golden as golden
 from cairn.shares import model, smbconf
 
@@ -198,8 +199,7 @@ def test_nfs_only_shares_are_left_out():
     assert "vmstore" not in render(basic_shares())
 
 
-@pytest.mark.skipif(not TESTPARM.exists(),
-                    reason="Samba's testparm is not installed here (Debian package samba-common-bin)")
+@missing(files={TESTPARM: "Debian package samba-common-bin"})
 @pytest.mark.parametrize("name", SMB_GOLDEN)
 def test_samba_reads_the_golden_files_without_complaint(name, tmp_path):
     config = tmp_path / "smb.conf"

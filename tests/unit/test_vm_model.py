@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from cairn.compute import model
+from cairn.compute import images, model
 from cairn.errors import ValidationError
 
 NODE = model.Capacity(cpus=4, memory_mib=8192)
@@ -18,9 +18,18 @@ def counter_bytes():
     return lambda n: next(numbers).to_bytes(n, "big")
 
 
+UPLOADED = [images.KnownImage("/pools/tank/images/d.iso", "iso", "node-a", "tank", "d.iso"),
+            images.KnownImage("/pools/tank/images/disk.qcow2", "disk", "node-a", "tank", "disk.qcow2")]
+
+
+def uploaded_only(path: str, kind: str) -> str | None:
+    return images.source_problem(path, kind, "node-a", UPLOADED, ())
+
+
 def check(body: dict, taken_names=(), taken_macs=()) -> model.Vm:
     return model.check_vm(body, node="node-a", capacity=NODE, taken_names=taken_names, taken_macs=taken_macs,
-                          new_uuid=lambda: "uuid-1", random_bytes=counter_bytes(), now=100.0)
+                          new_uuid=lambda: "uuid-1", random_bytes=counter_bytes(), now=100.0,
+                          image_problem=uploaded_only)
 
 
 def test_defaults_give_a_one_disk_one_nic_uefi_vm_with_a_named_cpu():
@@ -63,7 +72,7 @@ def test_clone_names_are_numbered_past_taken_ones_and_too_long_bases_are_refused
 
 
 def test_a_clone_keeps_the_hardware_and_gets_a_new_identity():
-    source = check({"name": "web", "pool": "tank", "nics": [{}, {"bridge": "br1"}], "cdrom": "/iso/d.iso",
+    source = check({"name": "web", "pool": "tank", "nics": [{}, {"bridge": "br1"}], "cdrom": "/pools/tank/images/d.iso",
                     "autostart": True})
     copy = model.cloned(source, "web-1", new_uuid=lambda: "uuid-2", macs=["52:54:00:00:00:09", "52:54:00:00:00:0a"],
                         now=200.0, origin={"clone_of": "web"})
@@ -87,3 +96,30 @@ def test_an_edit_is_checked_like_a_new_vm_and_changes_only_what_it_names():
         model.check_edit({"vcpus": 5, "cdrom": "x.iso", "description": 7, "autostart": "no"}, NODE, "node-a")
     assert set(refused.value.fields) == {"vcpus", "cdrom", "description", "autostart"}
     assert "has 4 CPUs" in refused.value.fields["vcpus"]
+
+
+def test_images_come_only_from_where_image_problem_allows_each_refusal_naming_its_field():
+    vm = check({"name": "web", "pool": "tank", "disks": [{"import": "/pools/tank/images/disk.qcow2"}],
+                "cdrom": "/pools/tank/images/d.iso"})
+    assert (vm.disks[0].imported_from, vm.cdrom) == ("/pools/tank/images/disk.qcow2", "/pools/tank/images/d.iso")
+    with pytest.raises(ValidationError) as refused:
+        check({"name": "web", "pool": "tank", "cdrom": "/etc/shadow",
+               "disks": [{"import": "/dev/sda"}, {"import": "/pools/tank/images/d.iso"}, {"import": "disk.qcow2"}]})
+    assert refused.value.fields == {
+        "cdrom": "/etc/shadow is in /etc: system files are never VM images",
+        "disks[0].import": "/dev/sda is in /dev: system files are never VM images",
+        "disks[1].import": "d.iso is an ISO image for the cdrom, not a disk image to import",
+        "disks[2].import": "must be the absolute path of an image file"}
+    with pytest.raises(ValidationError) as refused:
+        model.check_edit({"cdrom": "/srv/isos/x.iso"}, NODE, "node-a", uploaded_only)
+    assert refused.value.fields["cdrom"].startswith("/srv/isos/x.iso is not an uploaded image")
+    assert model.check_edit({"cdrom": "/pools/tank/images/d.iso"}, NODE, "node-a", uploaded_only) == {
+        "cdrom": "/pools/tank/images/d.iso"}
+
+
+def test_without_an_image_check_every_path_is_refused():
+    with pytest.raises(ValidationError) as refused:
+        model.check_vm({"name": "web", "pool": "tank", "cdrom": "/pools/tank/images/d.iso"}, node="node-a",
+                       capacity=NODE, taken_names=(), taken_macs=(), new_uuid=lambda: "u",
+                       random_bytes=counter_bytes(), now=0.0)
+    assert set(refused.value.fields) == {"cdrom"}

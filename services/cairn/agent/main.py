@@ -1,8 +1,10 @@
 """cairn-agent: the node's hands.
 
 Loops (threads):
-  - heartbeat: keeps the node lease alive, refreshes node-alive/<node> and nodes/<node> (inventory);
-  - jobs: watches jobs/ and job-aborts/ and runs this node's queued jobs (jobs.executor);
+  - heartbeat: keeps the node lease alive (node-alive/<node> is bound to it) and republishes
+    nodes/<node> (inventory) when it changed;
+  - jobs: watches this node's job queue (job-queue/<node>/) and runs its queued jobs
+    (jobs.executor); locks: offers waiting jobs again when a lock is freed;
   - reconcile: runs the reconcile loop every RECONCILE_INTERVAL seconds (pools mounted, shares
     applied, ...);
   - share-watch, iscsi-watch: apply shares / iSCSI targets at once when their records change, so
@@ -10,7 +12,10 @@ Loops (threads):
   - storage: publishes pool status and runs snapshot schedules every STORAGE_INTERVAL seconds;
   - vms: publishes the state of this node's VMs every VM_INTERVAL seconds, and right after each
     VM job (with the pools' status when the job changed the VMs' space);
-  - smart: reads every disk's SMART each storage.smart_interval seconds, events on degradation.
+  - smart: reads every disk's SMART each storage.smart_interval seconds, events on degradation;
+  - history: prunes job and event history, defragments the local etcd member, warns before the
+    store's quota (cluster.history).
+Nothing is rewritten periodically: records are written when they change; liveness is the lease.
 At start, jobs that were `running` on this node are marked failed: the agent that ran them is gone.
 If the node lease is lost (the store was unreachable longer than its TTL), a new one is granted.
 """
@@ -26,11 +31,13 @@ import time
 from cairn import __version__, config as config_mod
 from cairn.agent.reconcile import ReconcileLoop
 from cairn.cluster import nodes
+from cairn.cluster.history import HistoryKeeper
 from cairn.cluster.store import Store
 from cairn.errors import CairnError
 from cairn.jobs import registry
 from cairn.jobs.model import Job
 from cairn.jobs.executor import Executor
+from cairn.jobs import service as job_service
 from cairn.jobs.service import JobService
 from cairn.runner import Runner
 from cairn.compute import jobs as compute_jobs
@@ -67,13 +74,15 @@ class Agent:
         self._vm_refresh = threading.Event()
         self._pool_space_due = False
         self._disks_at = float("-inf")
+        self.publisher = nodes.NodePublisher(self.store, self.node)
+        self.history = HistoryKeeper(self.store, self.node, cfg.history)
         self.executor = Executor(self.jobs, self.node, self.runner, self.lease, config=cfg,
                                  after_job=self._after_job)
         self.monitor = StorageMonitor(self.runner, self.store, self.node, cfg.storage)
         storage = self.monitor.storage
         self.shares = ShareApplier(self.runner, self.store, self.node, cfg.shares, cfg.storage.pools_root,
                                    storage.mounted)
-        self.iscsi = LioApplier(self.store, self.node, storage.mounted)
+        self.iscsi = LioApplier(self.store, self.node, storage.mounted, pools_root=cfg.storage.pools_root)
         self.reconcile = ReconcileLoop(self.store, self.node, [PoolMounts(storage), self.shares, self.iscsi])
 
     # --- lease -------------------------------------------------------------------------------
@@ -85,15 +94,17 @@ class Agent:
             return self._lease
 
     def heartbeat_once(self) -> None:
+        """Keep the node lease alive (that is the heartbeat); republish the inventory only when
+        it changed (nodes.NodePublisher)."""
         lease = self.lease()
         if self.store.keepalive(lease) <= 0:
             log.warning("node lease %x expired; taking a new one", lease)
             with self._lease_lock:
                 self._lease = 0
             self.lease()
-        inventory = read_inventory().to_dict()
+        inventory = read_inventory().to_record()
         inventory["disks"] = self._disk_inventory()
-        nodes.publish(self.store, self.node, inventory, time.time(), __version__)
+        self.publisher.publish(inventory, __version__)
 
     def _disk_inventory(self) -> list[dict]:
         """Whole disks by serial, refreshed every DISK_REFRESH_INTERVAL seconds (lsblk is not free)."""
@@ -153,29 +164,44 @@ class Agent:
                 log.exception("%s crashed; continuing", name)
             self.stop.wait(interval)
 
-    def _job_loop(self) -> None:
+    def _follow(self, name: str, prefix: str, idle: float, on_event, on_start=lambda: None) -> None:
+        """Watch `prefix` for as long as the agent runs, calling on_event(event) for each change
+        (None after `idle` quiet seconds); on_start() runs before each (re)started watch. One
+        long-lived watch: etcd delivers a watch that starts behind the current revision only at
+        its next sync (every 100 ms), which a new watch per change would pay each time."""
         while not self.stop.is_set():
             try:
                 revision = self.store.revision() + 1
-                self.executor.poll()
-                # Poll on any job change, or at least every 2 s (lock waits, missed events). One
-                # long-lived watch: etcd delivers a watch that starts behind the current revision
-                # only at its next sync (every 100 ms), which a new watch per job would pay each time.
-                # A job seen queued for this node in the event is offered at once; any other
-                # change (a job ended and freed its locks, an abort) brings a full poll.
-                for event in self.store.watch("job", revision, idle_timeout=2.0, stop=self.stop):
-                    if event is not None and event.kind == "put" and event.key.startswith("jobs/") \
-                            and (event.value or {}).get("state") == "queued":
-                        if event.value.get("node") == self.node:
-                            self.executor.offer(Job.from_dict(event.value), event.revision)
-                    elif event is None or event.key.startswith(("jobs/", "job-aborts/")):
-                        self.executor.poll()
+                on_start()
+                for event in self.store.watch(prefix, revision, idle_timeout=idle, stop=self.stop):
+                    on_event(event)
             except CairnError as exc:
-                log.warning("jobs: %s", exc.message)
+                log.warning("%s: %s", name, exc.message)
                 self.stop.wait(1.0)
             except Exception:
-                log.exception("job loop crashed; continuing")
+                log.exception("%s crashed; continuing", name)
                 self.stop.wait(1.0)
+
+    def _job_loop(self) -> None:
+        """Start this node's queued jobs as they arrive. The agent watches only its own queue
+        (job-queue/<node>/): a job seen there is offered at once; an abort request for a queued
+        job rewrites its queue entry, so it is seen too. Queued jobs waiting for a lock are
+        offered again when a lock is freed (_lock_loop) and every 2 s."""
+        def seen(event) -> None:
+            if event is not None and event.kind == "put":
+                entry = self.store.get_entry(job_service.JOBS + event.key.rsplit("/", 1)[1])
+                if entry is not None:
+                    self.executor.offer(Job.from_dict(entry.value), entry.mod_revision)
+            elif event is None or event.kind == "compacted":
+                self.executor.poll()
+        self._follow("jobs", f"{job_service.QUEUE}{self.node}/", 2.0, seen, on_start=self.executor.poll)
+
+    def _lock_loop(self) -> None:
+        """Offer this node's queued jobs again as soon as any lock is freed (they may wait on it)."""
+        def seen(event) -> None:
+            if event is not None and event.kind in ("delete", "compacted"):
+                self.executor.poll()
+        self._follow("locks", job_service.LOCKS, 30.0, seen)
 
     def _watch_loop(self, prefix: str, areas: set[str]) -> None:
         """Run the reconcilers of `areas` whenever something under `prefix` changes. The revision
@@ -213,6 +239,7 @@ class Agent:
             threading.Thread(target=self._loop, args=("heartbeat", HEARTBEAT_INTERVAL, self.heartbeat_once),
                              name="heartbeat", daemon=True),
             threading.Thread(target=self._job_loop, name="jobs", daemon=True),
+            threading.Thread(target=self._lock_loop, name="locks", daemon=True),
             threading.Thread(target=self._loop, args=("reconcile", RECONCILE_INTERVAL, self.reconcile.run_once),
                              name="reconcile", daemon=True),
             threading.Thread(target=self._watch_loop, args=("share", {"shares"}), name="share-watch",
@@ -222,6 +249,8 @@ class Agent:
             threading.Thread(target=self._loop, args=("storage", STORAGE_INTERVAL, self.monitor.observe_pools),
                              name="storage", daemon=True),
             threading.Thread(target=self._vm_loop, name="vms", daemon=True),
+            threading.Thread(target=self._loop, args=("history", self.history.settings.interval,
+                                                      self.history.run_once), name="history", daemon=True),
             threading.Thread(target=self._loop, args=("smart", self.cfg.storage.smart_interval,
                                                       self.monitor.poll_smart), name="smart", daemon=True),
         ]

@@ -4,7 +4,9 @@ A Reconciler reads what it needs from the store snapshot it is given, so `desire
 pure and testable; only `actual` and `apply` touch the node. The loop runs every reconciler on each
 pass (or only the areas named, when a watch saw their records change), one pass at a time,
 isolates failures (one broken area does not stop the others), and reports per-area status to
-status/<node>/reconcile (written only by that node's agent; an area keeps its last report).
+status/<node>/reconcile (written only by that node's agent; an area keeps its last report). The
+report says whether each area is ok, its error, and since when it has been so — not the time of
+each pass — so it is rewritten only when an area's state changes.
 """
 
 from __future__ import annotations
@@ -35,7 +37,11 @@ class AreaStatus:
     ok: bool
     actions: int
     error: str | None
-    at: float
+    at: float                   # this pass
+    since: float = 0.0          # first pass with this (ok, error); published
+
+    def __post_init__(self) -> None:
+        self.since = self.since or self.at
 
 
 @dataclass
@@ -69,7 +75,12 @@ class ReconcileLoop:
             except Exception as exc:
                 log.exception("reconciler %s crashed", reconciler.name)
                 report[reconciler.name] = AreaStatus(False, 0, f"internal error: {exc}", self.clock())
+        for name, status in report.items():
+            before = self._report.get(name)
+            if before is not None and (before.ok, before.error) == (status.ok, status.error):
+                status.since = before.since
         self._report.update(report)
-        self.store.put(f"status/{self.node}/reconcile",
-                       {name: vars(status) for name, status in self._report.items()})
+        self.store.put_if_changed(f"status/{self.node}/reconcile", {
+            name: {"ok": status.ok, "error": status.error, "since": status.since}
+            for name, status in self._report.items()})
         return report

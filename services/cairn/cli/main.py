@@ -122,8 +122,19 @@ def cmd_node_diagnose(client: Client, args) -> int:
 
 
 def cmd_job_list(client: Client, args) -> int:
-    params = {k: v for k, v in (("state", args.state), ("node", args.node)) if v}
-    show(client.call("GET", "/jobs", params=params)["jobs"], args.json, lambda rows: table(rows, JOB_COLUMNS))
+    """A page of jobs (newest first); --all follows the continue tokens to the oldest."""
+    params = {k: v for k, v in (("state", args.state), ("node", args.node), ("limit", args.limit),
+                                ("continue", args.after)) if v}
+    jobs: list[dict] = []
+    while True:
+        page = client.call("GET", "/jobs", params=params)
+        jobs += page["jobs"]
+        if not (args.all and page.get("next")):
+            break
+        params["continue"] = page["next"]
+    show(jobs, args.json, lambda rows: table(rows, JOB_COLUMNS))
+    if page.get("next") and not args.all and not args.json:
+        print(f"(more: cairnctl job list --after {page['next']}, or --all)", file=sys.stderr)
     return 0
 
 
@@ -176,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     job_list = job.add_parser("list", help="list jobs, newest first")
     job_list.add_argument("--state")
     job_list.add_argument("--node")
+    job_list.add_argument("--limit", type=int, help="jobs per page (default 100)")
+    job_list.add_argument("--after", metavar="TOKEN", help="the next page (the token a listing printed)")
+    job_list.add_argument("--all", action="store_true", help="every page, down to the oldest job kept")
     job_list.set_defaults(func=cmd_job_list)
     for name, func, text in (("show", cmd_job_show, "show one job with its log"),
                              ("abort", cmd_job_abort, "ask a job to stop")):

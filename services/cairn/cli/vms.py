@@ -2,9 +2,9 @@
 
     cairnctl vm list | show NAME
     cairnctl vm create NAME --pool P [--vcpus N] [--memory MIB] [--disk 20G ...] [--firmware uefi|bios]
-                       [--iso PATH] [--bridge br0] [--autostart] [--description D] [--wait]
+                       [--iso IMAGE] [--bridge br0] [--autostart] [--description D] [--wait]
                        [--import IMAGE] [--user U] [--ssh-key FILE ...] [--password-stdin]   (cloud images)
-    cairnctl vm set NAME [--vcpus N] [--memory MIB] [--iso PATH | --eject] [--description D]
+    cairnctl vm set NAME [--vcpus N] [--memory MIB] [--iso IMAGE | --eject] [--description D]
                     [--autostart | --no-autostart] [--wait]      (vCPUs, memory, ISO: VM stopped)
     cairnctl vm start|poweroff|reboot|pause|resume NAME [--wait]
     cairnctl vm stop NAME [--timeout S] [--force] [--wait]        (ACPI shutdown; --force: power off
@@ -17,6 +17,9 @@
     cairnctl vm revert NAME SNAP [--wait]
     cairnctl vm restore NAME SNAP NEWNAME [--wait]
 
+An IMAGE is an uploaded image, as POOL/FILE (cairnctl image list) or its path, or the path of a
+file under a directory the node's config allows ([compute] image_dirs); the API refuses others.
+
 A VM's state is what its node last reported, with the accelerator: "running (TCG)" means the node
 has no KVM and emulates the CPU. Commands that start a job print it; with --wait they follow it to
 the end and exit 1 if it failed (cli/storage.py's finish).
@@ -27,6 +30,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from cairn.cli.output import show, table
 from cairn.cli.storage import finish, human
@@ -94,17 +98,28 @@ def cmd_show(client, args) -> int:
     return 0
 
 
+def image_path(client, value: str | None) -> str | None:
+    """An --iso/--import value as the API takes it: POOL/FILE names an uploaded image (its path is
+    asked for), anything absolute is sent as it is."""
+    if value is None or value.startswith("/"):
+        return value
+    pool, _, name = value.partition("/")
+    if not pool or not name or "/" in name:
+        raise ValueError(f"{value!r}: give an uploaded image as POOL/FILE (cairnctl image list) or an absolute path")
+    return client.call("GET", f"/images/{quote(pool, safe='')}/{quote(name, safe='')}")["path"]
+
+
 def cmd_create(client, args) -> int:
     body: dict[str, Any] = {"name": args.name, "pool": args.pool, "firmware": args.firmware,
                             "nics": [{"bridge": args.bridge}], "autostart": args.autostart}
-    for key, value in (("vcpus", args.vcpus), ("memory_mib", args.memory), ("cdrom", args.iso),
+    for key, value in (("vcpus", args.vcpus), ("memory_mib", args.memory), ("cdrom", image_path(client, args.iso)),
                        ("description", args.description)):
         if value is not None:
             body[key] = value
     if args.disk:
         body["disks"] = [{"size": size} for size in args.disk]
     if args.image:       # the first disk is made from the image (its --disk size, if given, at least)
-        first = {"import": args.image, **({"size": args.disk[0]} if args.disk else {})}
+        first = {"import": image_path(client, args.image), **({"size": args.disk[0]} if args.disk else {})}
         body["disks"] = [first] + [{"size": size} for size in (args.disk or [])[1:]]
     if args.user or args.ssh_key or args.password_stdin:
         cloud: dict[str, Any] = {"user": args.user or "cairn"}
@@ -119,7 +134,7 @@ def cmd_create(client, args) -> int:
 def cmd_set(client, args) -> int:
     body: dict[str, Any] = {}
     for key, value in (("vcpus", args.vcpus), ("memory_mib", args.memory), ("description", args.description),
-                       ("autostart", args.autostart), ("cdrom", args.iso)):
+                       ("autostart", args.autostart), ("cdrom", image_path(client, args.iso))):
         if value is not None:
             body[key] = value
     if args.eject:
@@ -198,12 +213,14 @@ def add_parsers(sub) -> None:
     create.add_argument("--disk", action="append", metavar="SIZE", help="a disk, e.g. 20G; repeat for each "
                                                                          "(default one of 20G)")
     create.add_argument("--firmware", choices=("uefi", "bios"), default="uefi")
-    create.add_argument("--iso", help="absolute path of an ISO image on the node to boot from")
+    create.add_argument("--iso", metavar="IMAGE", help="an ISO to boot from: an uploaded one as POOL/FILE, or a path "
+                                                      "the node allows ([compute] image_dirs)")
     create.add_argument("--bridge", default="br0", help="the node's bridge for the NIC (default br0)")
     create.add_argument("--autostart", action="store_true", help="start the VM when its node boots")
     create.add_argument("--description")
-    create.add_argument("--import", dest="image", metavar="PATH",
-                        help="make the first disk from this disk image on the node (raw, qcow2, vmdk, vdi, vhdx, vhd)")
+    create.add_argument("--import", dest="image", metavar="IMAGE",
+                        help="make the first disk from this disk image (raw, qcow2, vmdk, vdi, vhdx, vhd): an "
+                             "uploaded one as POOL/FILE, or a path the node allows ([compute] image_dirs)")
     create.add_argument("--user", help="cloud-init: the guest user to create (cloud images)")
     create.add_argument("--ssh-key", action="append", metavar="FILE", help="cloud-init: an OpenSSH public key file")
     create.add_argument("--password-stdin", action="store_true", help="cloud-init: the user's password, from stdin")
@@ -213,7 +230,8 @@ def add_parsers(sub) -> None:
     edit.add_argument("--memory", type=int, metavar="MIB")
     edit.add_argument("--description")
     media = edit.add_mutually_exclusive_group()
-    media.add_argument("--iso", help="attach this ISO image (path on the node)")
+    media.add_argument("--iso", metavar="IMAGE", help="attach this ISO: an uploaded one as POOL/FILE, or a path "
+                                                     "the node allows")
     media.add_argument("--eject", action="store_true", help="remove the ISO image")
     start = edit.add_mutually_exclusive_group()
     start.add_argument("--autostart", dest="autostart", action="store_true", default=None)

@@ -17,6 +17,7 @@ call it; migrations must be idempotent.
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import threading
 from dataclasses import dataclass
@@ -26,9 +27,10 @@ import requests
 from etcd3gw.client import Etcd3Client
 from etcd3gw import exceptions as etcd_errors
 
-from cairn.errors import Unavailable, CairnError
+from cairn.errors import CairnError, Conflict, NotFound, Unavailable
 
 SCHEMA_VERSION = 1
+GET_MANY_CHUNK = 100        # reads per transaction (etcd refuses more than --max-txn-ops)
 # MIGRATIONS[i] upgrades version i to i+1. Version 0 means "empty store".
 MIGRATIONS: list[Callable[["Store"], None]] = [lambda store: None]
 
@@ -59,10 +61,21 @@ class Entry:
 
 @dataclass(frozen=True)
 class Event:
-    kind: str           # "put" | "delete"
+    kind: str           # "put" | "delete" | "compacted" (changes before `revision` are lost)
     key: str            # relative to the root
     value: Any          # decoded JSON, None on delete
     revision: int
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    endpoint: str
+    member_id: str
+    db_size: int            # bytes of the database file
+    db_size_in_use: int     # bytes holding live data (the rest is free pages until a defragment)
+    revision: int
+    leader: str
+    version: str
 
 
 # Building blocks of transactions (pure): compares and operations as etcd JSON.
@@ -93,6 +106,7 @@ class Put:
 class Delete:
     key: str
     prefix: bool = False
+    range_end: str = ""     # delete [key, range_end) (relative keys); "" with prefix=False: one key
 
 
 def encode_txn(root: str, compares: Sequence[Compare], success: Sequence[Put | Delete],
@@ -117,6 +131,8 @@ def encode_txn(root: str, compares: Sequence[Compare], success: Sequence[Put | D
         body = {"key": _b64(full(o.key))}
         if o.prefix:
             body["range_end"] = _b64(_prefix_end(full(o.key)))
+        elif o.range_end:
+            body["range_end"] = _b64(full(o.range_end))
         return {"request_delete_range": body}
 
     return {"compare": [compare(c) for c in compares],
@@ -134,6 +150,8 @@ class Store:
         self._current = 0
         self._lock = threading.Lock()
         self._clients = [self._client(url) for url in self.endpoints]
+        # What this process last wrote with put_if_changed: key -> (encoded value, lease).
+        self._written: dict[str, tuple[str, int]] = {}
 
     def reset_connections(self) -> None:
         """New HTTP sessions (after fork: a child must not share pooled sockets with its parent)."""
@@ -194,17 +212,43 @@ class Store:
         entry = self.get_entry(key)
         return default if entry is None else entry.value
 
-    def list(self, prefix: str, *, limit: int = 0, descending: bool = False) -> list[Entry]:
-        """Entries whose key starts with prefix, in key order."""
+    def list(self, prefix: str, *, limit: int = 0, descending: bool = False, after: str = "",
+             keys_only: bool = False) -> list[Entry]:
+        """Entries whose key starts with prefix, in key order (or reversed), at most `limit`.
+
+        `after` continues a listing: only keys after it in the listing's order (a page's last key
+        for the next page), so paging is done by the store, not by reading everything and slicing.
+        With keys_only the entries' values are None (counting and pruning need no values).
+        """
         full = self.full_key(prefix)
-        body: dict[str, Any] = {"key": _b64(full), "range_end": _b64(_prefix_end(full))}
+        start, end = full, _prefix_end(full)
+        if after:
+            if descending:
+                end = self.full_key(after)                  # range end is exclusive
+            else:
+                start = self.full_key(after) + "\0"        # the first key after `after`
+        body: dict[str, Any] = {"key": _b64(start), "range_end": _b64(end)}
         if limit:
             body["limit"] = str(limit)
         if descending:
             body["sort_order"] = "DESCEND"
             body["sort_target"] = "KEY"
+        if keys_only:
+            body["keys_only"] = True
         result = self._post("/kv/range", body, idempotent=True)
         return [self._entry(kv) for kv in result.get("kvs", [])]
+
+    def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        """Several keys in one round trip per GET_MANY_CHUNK keys (a transaction of reads)."""
+        found: list[Entry | None] = []
+        for begin in range(0, len(keys), GET_MANY_CHUNK):
+            chunk = keys[begin:begin + GET_MANY_CHUNK]
+            body = {"success": [{"request_range": {"key": _b64(self.full_key(k))}} for k in chunk]}
+            result = self._post("/kv/txn", body, idempotent=True)
+            for response in result.get("responses", []):
+                kvs = response.get("response_range", {}).get("kvs", [])
+                found.append(self._entry(kvs[0]) if kvs else None)
+        return found
 
     def count(self, prefix: str) -> int:
         full = self.full_key(prefix)
@@ -226,17 +270,60 @@ class Store:
     # --- writes ------------------------------------------------------------------------------
     def put(self, key: str, value: Any, lease: int = 0) -> int:
         """Unconditional write (for keys with one writer). Returns the new revision."""
+        self._forget_exact(key)
         body: dict[str, Any] = {"key": _b64(self.full_key(key)), "value": _b64(json.dumps(value, sort_keys=True))}
         if lease:
             body["lease"] = str(lease)
         result = self._post("/kv/put", body, idempotent=True)
         return int(result["header"]["revision"])
 
+    def put_if_changed(self, key: str, value: Any, lease: int = 0, *,
+                       stamp: dict[str, Any] | None = None) -> bool:
+        """Write a key that this process alone writes (a node's status, say) only when its value or
+        lease differs from what this process last wrote there: a periodic publisher then adds no
+        store history while nothing changes. `stamp` (e.g. {"observed_at": now}) is written with
+        the value but not compared, so a time does not make every pass a change. Returns whether
+        it wrote. Any other write or delete of the key through this Store makes the next call write.
+        """
+        encoded = json.dumps(value, sort_keys=True)
+        with self._lock:
+            if self._written.get(key) == (encoded, lease):
+                return False
+        try:
+            self.put(key, {**value, **stamp} if stamp else value, lease)
+        except CairnError:
+            self.forget_written(key)
+            raise
+        with self._lock:
+            self._written[key] = (encoded, lease)
+        return True
+
+    def _forget_exact(self, key: str) -> None:
+        if self._written:
+            with self._lock:
+                self._written.pop(key, None)
+
+    def forget_written(self, prefix: str = "") -> None:
+        """Make the next put_if_changed of keys under prefix write (after a lost lease, say)."""
+        with self._lock:
+            for key in [k for k in self._written if k.startswith(prefix)]:
+                del self._written[key]
+
     def txn(self, compares: Sequence[Compare], success: Sequence[Put | Delete],
             failure: Sequence[Put | Delete] = ()) -> bool:
         """Apply `success` if every compare holds, else `failure`. Returns whether they held."""
+        return self.txn_result(compares, success, failure)[0]
+
+    def txn_result(self, compares: Sequence[Compare], success: Sequence[Put | Delete],
+                   failure: Sequence[Put | Delete] = ()) -> tuple[bool, int]:
+        """As txn, with the store revision after it."""
+        for op in (*success, *failure):
+            if isinstance(op, Delete) and (op.prefix or op.range_end):
+                self.forget_written(op.key)
+            else:
+                self._forget_exact(op.key)
         result = self._post("/kv/txn", encode_txn(self.root, compares, success, failure), idempotent=False)
-        return bool(result.get("succeeded", False))
+        return bool(result.get("succeeded", False)), int(result.get("header", {}).get("revision", 0))
 
     def create(self, key: str, value: Any, lease: int = 0) -> bool:
         """Write only if the key does not exist."""
@@ -247,13 +334,40 @@ class Store:
         compare = absent(key) if mod_revision == 0 else unchanged(key, mod_revision)
         return self.txn([compare], [Put(key, value, lease)])
 
+    def update(self, key: str, change: Callable[[Any], Any], *, attempts: int = 20) -> Entry:
+        """Read-modify-write with compare-and-swap: `change` gets the key's current value and
+        returns the new one (or raises to refuse); if someone wrote the key in between, it runs
+        again on the fresh value. The key keeps its lease. Nothing is written when `change`
+        returns the value unchanged. Raises NotFound for a missing key, Conflict when the key
+        kept changing for `attempts` tries."""
+        for _ in range(attempts):
+            entry = self.get_entry(key)
+            if entry is None:
+                raise NotFound(f"{key} does not exist (it was deleted meanwhile?)", key=key)
+            value = json.loads(json.dumps(change(copy.deepcopy(entry.value)), sort_keys=True))
+            if value == entry.value:
+                return entry
+            held, revision = self.txn_result([unchanged(key, entry.mod_revision)],
+                                             [Put(key, value, entry.lease)])
+            if held:
+                return Entry(key, value, revision, entry.create_revision, entry.lease)
+        raise Conflict(f"{key} changed {attempts} times while it was being updated; try again")
+
     def delete(self, key: str, mod_revision: int | None = None) -> bool:
+        self._forget_exact(key)
         if mod_revision is None:
             result = self._post("/kv/deleterange", {"key": _b64(self.full_key(key))}, idempotent=True)
             return int(result.get("deleted", 0)) > 0
         return self.txn([unchanged(key, mod_revision)], [Delete(key)])
 
+    def delete_range(self, start: str, end: str) -> int:
+        """Delete every key in [start, end) (relative keys). Returns how many were deleted."""
+        self.forget_written(start)
+        body = {"key": _b64(self.full_key(start)), "range_end": _b64(self.full_key(end))}
+        return int(self._post("/kv/deleterange", body, idempotent=True).get("deleted", 0))
+
     def delete_prefix(self, prefix: str) -> int:
+        self.forget_written(prefix)
         full = self.full_key(prefix)
         result = self._post("/kv/deleterange", {"key": _b64(full), "range_end": _b64(_prefix_end(full))},
                             idempotent=True)
@@ -276,6 +390,40 @@ class Store:
             if "not found" not in exc.message:
                 raise
 
+    # --- maintenance (per member) -------------------------------------------------------------
+    def member_status(self, endpoint: int = 0) -> MemberStatus:
+        """Database size, size in use and raft state of the member behind endpoints[endpoint]."""
+        result = self._post_to(endpoint, "/maintenance/status", {})
+        return MemberStatus(endpoint=self.endpoints[endpoint],
+                            member_id=str(result.get("header", {}).get("member_id", "")),
+                            db_size=int(result.get("dbSize", 0)),
+                            db_size_in_use=int(result.get("dbSizeInUse", result.get("dbSize", 0))),
+                            revision=int(result.get("header", {}).get("revision", 0)),
+                            leader=str(result.get("leader", "")), version=str(result.get("version", "")))
+
+    def alarms(self) -> list[dict[str, str]]:
+        """Active etcd alarms (NOSPACE: the quota is reached and the store refuses writes)."""
+        result = self._post("/maintenance/alarm", {"action": "GET", "memberID": "0", "alarm": "NONE"},
+                            idempotent=True)
+        return [{"member_id": str(a.get("memberID", "")), "alarm": str(a.get("alarm", ""))}
+                for a in result.get("alarms", [])]
+
+    def defragment(self, endpoint: int = 0) -> None:
+        """Give the member's free pages back to the file system. The member answers nothing else
+        while it runs (seconds for a large database): do one member at a time."""
+        self._post_to(endpoint, "/maintenance/defragment", {}, timeout=300.0)
+
+    def _post_to(self, index: int, path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        client = self._clients[index]
+        try:
+            response = client.session.post(client.get_url(path), json=body, timeout=timeout or self.timeout)
+        except requests.exceptions.RequestException as exc:
+            raise Unavailable(f"etcd member {self.endpoints[index]} did not answer: {_short(exc)}") from exc
+        if response.status_code != 200:
+            raise CairnError(f"etcd member {self.endpoints[index]} refused {path}: "
+                             f"{response.text.strip()[:300]}")
+        return response.json()
+
     # --- schema ------------------------------------------------------------------------------
     def ensure_schema(self) -> int:
         """Create or migrate the schema record; returns the version now in force."""
@@ -294,6 +442,10 @@ class Store:
     def watch(self, prefix: str, start_revision: int, *, idle_timeout: float = 5.0,
               stop: threading.Event | None = None) -> Iterator[Event | None]:
         """Events under prefix from start_revision on; yields None after `idle_timeout` quiet seconds.
+
+        When the history from start_revision on was compacted away, it yields an Event of kind
+        "compacted" (its revision: the oldest one still kept) and goes on from there: changes in
+        between are lost, and the caller must read the state again.
 
         Reconnects (to the next endpoint if need be) from the last revision seen, so no event is
         lost across a leader change. Ends when `stop` is set.
@@ -317,7 +469,7 @@ class Store:
                         if result.get("compact_revision") and int(result["compact_revision"]) > next_revision:
                             # History is gone: the caller must re-read the state.
                             next_revision = int(result["compact_revision"])
-                            yield None
+                            yield Event(kind="compacted", key="", value=None, revision=next_revision)
                             break
                         for raw in result.get("events", []):
                             event = self._event(raw)

@@ -19,11 +19,11 @@ from typing import Any
 SEED_FILE = "cloud-init.img"
 SEED_LABEL = "CIDATA"
 SEED_KIB = 1024
-USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-HOSTNAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-SSH_KEY = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|"
-                     r"sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/=]+( [^\n\r]*)?$")
-HASH = re.compile(r"^\$6\$[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{86}$")
+USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+SSH_KEY = re.compile(r"(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|"
+                     r"sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/=]+( [^\x00-\x1f\x7f]*)?")
+HASH = re.compile(r"\$6\$[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{86}")
 RESERVED_USERS = {"root", "daemon", "bin", "sys", "nobody"}
 
 
@@ -38,13 +38,13 @@ def check(value: Any, problems: dict[str, str], hash_password) -> dict[str, Any]
     for key in sorted(set(map(str, value)) - {"hostname", "user", "password", "ssh_keys"}):
         problems[f"cloud_init.{key}"] = "unknown setting"
     user = value.get("user", "cairn")
-    if not isinstance(user, str) or not USER.match(user) or user in RESERVED_USERS:
+    if not isinstance(user, str) or not USER.fullmatch(user) or user in RESERVED_USERS:
         problems["cloud_init.user"] = "a user name: 1-32 of a-z, 0-9, '_' and '-' (not root)"
     hostname = value.get("hostname")
-    if hostname is not None and (not isinstance(hostname, str) or not HOSTNAME.match(hostname)):
+    if hostname is not None and (not isinstance(hostname, str) or not HOSTNAME.fullmatch(hostname)):
         problems["cloud_init.hostname"] = "a host name: 1-63 of a-z, 0-9 and '-'"
     keys = value.get("ssh_keys", [])
-    if not isinstance(keys, list) or not all(isinstance(k, str) and SSH_KEY.match(k.strip()) for k in keys):
+    if not isinstance(keys, list) or not all(isinstance(k, str) and SSH_KEY.fullmatch(k.strip()) for k in keys):
         problems["cloud_init.ssh_keys"] = "a list of OpenSSH public keys (ssh-ed25519 AAAA... comment)"
         keys = []
     password = value.get("password")
@@ -54,7 +54,7 @@ def check(value: Any, problems: dict[str, str], hash_password) -> dict[str, Any]
             problems["cloud_init.password"] = "8 to 128 characters on one line"
         else:
             password_hash = hash_password(password)
-            if not HASH.match(password_hash):
+            if not HASH.fullmatch(password_hash):
                 problems["cloud_init.password"] = "could not be hashed"
     if password is None and not keys:
         problems["cloud_init"] = "give a password, SSH keys or both: otherwise nobody can log in"

@@ -16,6 +16,8 @@ Invariants of the generated domain:
   discard and detect_zeroes set to unmap so a guest's fstrim frees pool space. The CD-ROM, if any,
   takes the unit after the last disk.
 - Boot order is per device: the CD-ROM first when there is one, then disk0; <os> has no <boot dev>.
+  A CD-ROM path that is not absolute and normalised, or lies in a system directory (/dev, /etc,
+  ...), raises ValueError (compute/images.py: the API takes only images a VM may use).
 - A VM with cloud-init settings gets its NoCloud seed (<vm dir>/cloud-init.img) as a read-only
   disk on the unit after the disks and the CD-ROM.
 - VNC listens on loopback only (the console's websocket proxy reaches it there); libvirt picks
@@ -27,7 +29,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from cairn.compute import cloudinit, model
+from cairn.compute import cloudinit, images, model
 
 ACCEL_DOMAIN_TYPE = {"kvm": "kvm", "tcg": "qemu"}
 DEFAULT_OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
@@ -57,6 +59,9 @@ def domain_xml(vm: model.Vm, *, pools_root: str, accel: str, serial_log: str,
         raise ValueError(f"VM {vm.name}: firmware must be one of {', '.join(model.FIRMWARE)}, not {vm.firmware!r}")
     if len(vm.disks) > model.MAX_DISKS:
         raise ValueError(f"VM {vm.name}: {len(vm.disks)} disks, at most {model.MAX_DISKS} are possible")
+    shape = images.path_shape_problem(vm.cdrom) if vm.cdrom else None
+    if shape:              # a record that bypassed the API's checks: never hand a guest /dev/sda
+        raise ValueError(f"VM {vm.name}: cdrom {shape}")
 
     domain = ET.Element("domain", type=ACCEL_DOMAIN_TYPE[accel])
     _sub(domain, "name", vm.name)

@@ -32,8 +32,8 @@ from cairn.compute import image_store, images
 from cairn.compute.image_store import Image
 from cairn.compute.vms import list_vms
 from cairn.config import StorageConfig
-from cairn.errors import Busy, CairnError, Conflict, NotFound, PreconditionFailed, ValidationError
-from cairn.jobs.service import JOBS
+from cairn.errors import Busy, CairnError, Conflict, NotFound, PreconditionFailed, ValidationError, last_line
+from cairn.jobs.service import JobService
 from cairn.storage import btrfs, model as storage_model
 from cairn.storage.pools import VOLUMES, get_pool, mounts
 
@@ -44,12 +44,16 @@ DIR_WAIT = 10.0                    # seconds a second first upload waits for the
 
 class ImageService:
     def __init__(self, store: Store, runner, node: str, settings: StorageConfig | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 blocking: Callable[..., Any] = lambda function, *args: function(*args)) -> None:
         self.store = store
         self.runner = runner
         self.node = node                  # the node this process runs on: it writes only its own pools
         self.settings = settings or StorageConfig()
         self.clock = clock
+        # Runs the file writes and fsyncs of an upload: cairn-web's event loop hands them to a
+        # thread (a write can wait for the disk, and must not stop every other connection).
+        self.blocking = blocking
 
     @property
     def pools_root(self) -> str:
@@ -136,7 +140,7 @@ class ImageService:
         try:
             try:
                 size = self._receive(fd, body, length, pool.name)
-                os.fsync(fd)
+                self.blocking(os.fsync, fd)
                 found = self._classify(fd, part, size, name)
                 self._place(part, final, overwrite, pool.name, name)
             except BaseException:
@@ -144,7 +148,7 @@ class ImageService:
                 raise
         finally:
             os.close(fd)
-        _fsync_dir(directory)
+        self.blocking(_fsync_dir, directory)
         image = Image(pool.name, name, pool.node, final, size, found.kind, found.format, found.virtual_size,
                       self.clock())
         try:
@@ -189,10 +193,8 @@ class ImageService:
             if not chunk:
                 raise ValidationError({"body": f"the upload ended after {received} of {length} bytes "
                                                "(Content-Length)"})
-            view = memoryview(chunk)
             try:
-                while view:
-                    view = view[os.write(fd, view):]
+                self.blocking(_write_all, fd, chunk)
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise PreconditionFailed(f"pool {pool} ran out of space (or the images volume's quota) after "
@@ -205,7 +207,7 @@ class ImageService:
         probe = os.pread(fd, len(images.ISO_MAGIC), images.ISO_MAGIC_OFFSET)
         result = self.runner.run(images.info_argv(part), check=False, timeout=INFO_TIMEOUT)
         if not result.ok:
-            reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"
+            reason = last_line(result.stderr) or f"exit {result.returncode}"
             raise ValidationError({"body": f"{name} is not an image qemu-img can read: "
                                            f"{reason.replace(part, name)}"})
         try:
@@ -245,8 +247,7 @@ class ImageService:
         if users:
             raise Conflict(f"image {name} is the ISO of VM {', '.join(users)}: eject it there first "
                            "(the VM's settings, or cairnctl vm set NAME --eject)", vms=users)
-        being_made = {e.value["params"].get("vm") for e in self.store.list(JOBS)
-                      if e.value.get("kind") == "vm.create" and e.value.get("state") in ("queued", "running")}
+        being_made = {job.params.get("vm") for job in JobService(self.store).active("vm.create")}
         making = image_store.import_sources([vm for vm in vms if vm.name in being_made], path)
         if making:
             raise Busy(f"VM {', '.join(making)} is being made from image {name}: wait until its job has ended",
@@ -270,6 +271,12 @@ def _remove_if_same(path: str, fd: int) -> None:
         return
     if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
         os.unlink(path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _fsync_dir(path: str) -> None:

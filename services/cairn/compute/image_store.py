@@ -37,7 +37,7 @@ IMAGES = "images/"                 # store prefix: images/<pool>/<file>
 IMAGES_VOLUME = "images"           # the volume (subvolume) of a pool that holds its images
 PART_SUFFIX = ".part"
 KINDS = ("iso", "disk")
-FILE_NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}$")
+FILE_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}")
 ISO_SECTOR = 2048
 
 
@@ -71,7 +71,7 @@ class Classified:
 # --- names, keys and paths --------------------------------------------------------------------
 def name_problem(value: Any) -> str | None:
     """Why `value` cannot be an image's file name, or None."""
-    if not isinstance(value, str) or not FILE_NAME.match(value):
+    if not isinstance(value, str) or not FILE_NAME.fullmatch(value):
         return ("file name must be 1-128 of letters, digits, '.', '_', '+' and '-', "
                 "not starting with '.'")
     if value.endswith(PART_SUFFIX):

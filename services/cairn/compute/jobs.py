@@ -17,9 +17,10 @@ from cairn.compute import model
 from cairn.compute.hypervisor import Hypervisor
 from cairn.compute.vms import Compute, get_vm
 from cairn.config import ComputeConfig, StorageConfig
+from cairn.errors import ValidationError
 from cairn.jobs.registry import job_kind
 
-SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_CLONES = 100
 _hypervisors: dict[str, Hypervisor] = {}
 _guard = threading.Lock()
@@ -82,7 +83,7 @@ def _bool(params: dict[str, Any], key: str, problems: dict[str, str], default: b
 
 def _snapshot(params: dict[str, Any], problems: dict[str, str]) -> str:
     value = params.get("snapshot")
-    if not isinstance(value, str) or not SNAPSHOT_NAME.match(value):
+    if not isinstance(value, str) or not SNAPSHOT_NAME.fullmatch(value):
         problems["snapshot"] = "snapshot name: 1-64 of letters, digits, '.', '_' and '-'"
         return ""
     return value
@@ -130,7 +131,8 @@ def check_clone(params: dict[str, Any]) -> dict[str, Any]:
         problem = model.name_problem(new)
         if problem:
             problems[f"names[{index}]"] = problem
-    if len(set(names)) != len(names):
+    texts = [new for new in names if isinstance(new, str)]      # (a list or an object is no set member)
+    if len(set(texts)) != len(texts):
         problems["names"] = "names a VM twice"
     model.raise_problems(problems)
     return {"vm": name, "names": list(names)}
@@ -173,10 +175,34 @@ def should_stop(ctx):
     return check
 
 
+def check_sources_here(ctx, vm) -> None:
+    """The VM's disk images and ISO checked again on its own node, where symlinks resolve: the
+    API of another node could only check their names (compute.images.source_problem)."""
+    from cairn.compute.service import VmService
+    from cairn.jobs.service import JobService
+    config = getattr(ctx, "config", None)
+    image_dirs = config.compute.image_dirs if config is not None else ()
+    problem = VmService(ctx.store, JobService(ctx.store), local_node=ctx.node,
+                        image_dirs=image_dirs).image_checker(ctx.node)
+    problems = {}
+    for index, disk in enumerate(vm.disks):
+        if disk.imported_from:
+            found = problem(disk.imported_from, "disk")
+            if found:
+                problems[f"disks[{index}].import"] = found
+    if vm.cdrom:
+        found = problem(vm.cdrom, "iso")
+        if found:
+            problems["cdrom"] = found
+    if problems:
+        raise ValidationError(problems)
+
+
 @job_kind("vm.create", title="Create VM {vm} on {node}", check_params=check_vm, locks=vm_lock)
 def run_create(ctx, params: dict[str, Any]) -> dict[str, Any]:
     backend = compute(ctx)
     vm = get_vm(ctx.store, params["vm"])
+    check_sources_here(ctx, vm)
     backend.create(vm, progress=progress_of(ctx))
     return {"vm": vm.name, "accel": backend.accel, "path": backend.vm_dir(vm)}
 
@@ -185,6 +211,7 @@ def run_create(ctx, params: dict[str, Any]) -> dict[str, Any]:
 def run_redefine(ctx, params: dict[str, Any]) -> dict[str, Any]:
     backend = compute(ctx)
     vm = get_vm(ctx.store, params["vm"])
+    check_sources_here(ctx, vm)
     backend.redefine(vm)
     return {"vm": vm.name, "vcpus": vm.vcpus, "memory_mib": vm.memory_mib, "cdrom": vm.cdrom,
             "autostart": vm.autostart}

@@ -26,6 +26,9 @@ Invariants kept by the checks below:
 - MACs are locally administered unicast in QEMU's 52:54:00 range, unique in the cluster.
 - The CPU is a named model (default Nehalem: any x86-64 since 2008, emulated by TCG too), never
   host-passthrough, so a VM can later run on any node.
+- A disk is imported from, and the cdrom is, only an image the caller's `image_problem` allows
+  (compute/images.py: an uploaded image on the VM's node, or a file under an allowed directory);
+  without one, every path is refused.
 """
 
 from __future__ import annotations
@@ -34,13 +37,13 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
-from cairn.compute import cloudinit
+from cairn.compute import cloudinit, images
 from cairn.errors import ValidationError
 from cairn.storage import model as storage_model
 from cairn.storage.model import raise_problems
 
-VM_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-MAC = re.compile(r"^52:54:00(?::[0-9a-f]{2}){3}$")
+VM_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+MAC = re.compile(r"52:54:00(?::[0-9a-f]{2}){3}")
 FIRMWARE = ("uefi", "bios")
 CPU_MODELS = ("Nehalem", "Westmere", "SandyBridge", "IvyBridge", "Haswell-noTSX", "Broadwell-noTSX",
               "Skylake-Client-noTSX-IBRS", "EPYC", "qemu64")
@@ -151,7 +154,7 @@ def clone_names(base: str, count: int, taken: Iterable[str]) -> list[str]:
 
 # --- checks -------------------------------------------------------------------------------------
 def name_problem(value: Any, taken: Iterable[str] = ()) -> str | None:
-    if not isinstance(value, str) or not VM_NAME.match(value):
+    if not isinstance(value, str) or not VM_NAME.fullmatch(value):
         return "VM name must be 1-63 of a-z, 0-9 and '-', not starting or ending with '-'"
     if value in set(taken):
         return f"a VM named {value!r} exists already"
@@ -190,11 +193,32 @@ def check_resources(vcpus: Any, memory_mib: Any, capacity: Capacity, node: str,
     return (vcpus if isinstance(vcpus, int) else 0), (memory_mib if isinstance(memory_mib, int) else 0)
 
 
+ImageProblem = Callable[[str, str], "str | None"]
+
+
+def no_images(path: str, kind: str) -> str | None:
+    """The image check when the caller knows of no image a VM may use: every path is refused."""
+    return f"{path} is not an image a VM may use ({images.KIND_WORDS[kind]} must be uploaded first)"
+
+
+def check_image_path(value: Any, kind: str, field_name: str, problems: dict[str, str],
+                     image_problem: ImageProblem) -> str | None:
+    """An image path (`kind` "disk": to import; "iso": the cdrom), as `image_problem` allows it."""
+    problem = images.path_shape_problem(value) or image_problem(value, kind)
+    if problem:
+        problems[field_name] = problem
+        return None
+    return value
+
+
 def check_vm(data: Any, *, node: str, capacity: Capacity, taken_names: Iterable[str],
              taken_macs: Iterable[str], new_uuid: Callable[[], str],
              random_bytes: Callable[[int], bytes], now: float,
-             hash_password: Callable[[str], str] | None = None) -> Vm:
-    """A new VM from API input: every problem at once (ValidationError keyed by field path)."""
+             hash_password: Callable[[str], str] | None = None,
+             image_problem: ImageProblem = no_images) -> Vm:
+    """A new VM from API input: every problem at once (ValidationError keyed by field path).
+    `image_problem(path, kind)` says why a disk's import ("disk") or the cdrom ("iso") may not
+    use a path (compute/images.py: an uploaded image on the node, or under an allowed directory)."""
     if not isinstance(data, dict):
         raise ValidationError({"vm": "must be an object"})
     problems: dict[str, str] = {}
@@ -224,11 +248,10 @@ def check_vm(data: Any, *, node: str, capacity: Capacity, taken_names: Iterable[
             problems[f"disks[{index}]"] = "must be an object with a size, an import (an image's path) or both"
             continue
         source = entry.get("import")
-        if source is not None and (not isinstance(source, str) or not source.startswith("/") or "\0" in source):
-            problems[f"disks[{index}].import"] = "must be the absolute path of a disk image on the VM's node"
-            source = None
+        if source is not None:
+            source = check_image_path(source, "disk", f"disks[{index}].import", problems, image_problem)
         size = 0
-        if entry.get("size") is not None or source is None:
+        if entry.get("size") is not None or entry.get("import") is None:
             size = check_size(entry.get("size"), f"disks[{index}].size", problems)
         disks.append(Disk(f"disk{index}", size, source))
     macs: list[str] = []
@@ -245,7 +268,7 @@ def check_vm(data: Any, *, node: str, capacity: Capacity, taken_names: Iterable[
         mac = entry.get("mac")
         if mac is None:
             mac = new_mac(random_bytes, used | set(macs))
-        elif not isinstance(mac, str) or not MAC.match(mac.lower()):
+        elif not isinstance(mac, str) or not MAC.fullmatch(mac.lower()):
             problems[f"nics[{index}].mac"] = "must be like 52:54:00:12:34:56 (QEMU's range)"
             continue
         mac = mac.lower()
@@ -253,14 +276,14 @@ def check_vm(data: Any, *, node: str, capacity: Capacity, taken_names: Iterable[
             problems[f"nics[{index}].mac"] = f"{mac} is used by another VM"
             continue
         bridge = entry.get("bridge", "br0")
-        if not isinstance(bridge, str) or not re.match(r"^[A-Za-z0-9_.-]{1,15}$", bridge):
+        if not isinstance(bridge, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", bridge):
             problems[f"nics[{index}].bridge"] = "must be a bridge's interface name"
             continue
         macs.append(mac)
         nics.append(Nic(mac, bridge))
     cdrom = data.get("cdrom")
-    if cdrom is not None and (not isinstance(cdrom, str) or not cdrom.startswith("/")):
-        problems["cdrom"] = "must be the absolute path of an ISO image on the node"
+    if cdrom is not None:
+        cdrom = check_image_path(cdrom, "iso", "cdrom", problems, image_problem)
     autostart = data.get("autostart", False)
     if not isinstance(autostart, bool):
         problems["autostart"] = "must be true or false"
@@ -274,7 +297,8 @@ def check_vm(data: Any, *, node: str, capacity: Capacity, taken_names: Iterable[
               cdrom, autostart, description, {}, now, cloud_init)
 
 
-def check_edit(data: dict[str, Any], capacity: Capacity, node: str) -> dict[str, Any]:
+def check_edit(data: dict[str, Any], capacity: Capacity, node: str,
+               image_problem: ImageProblem = no_images) -> dict[str, Any]:
     """The settings an edit changes (vcpus, memory_mib, description, autostart, cdrom), checked
     like a new VM's; every problem at once."""
     problems: dict[str, str] = {}
@@ -293,8 +317,8 @@ def check_edit(data: dict[str, Any], capacity: Capacity, node: str) -> dict[str,
         changes["autostart"] = data["autostart"]
     if "cdrom" in data:
         cdrom = data["cdrom"]
-        if cdrom is not None and (not isinstance(cdrom, str) or not cdrom.startswith("/")):
-            problems["cdrom"] = "must be the absolute path of an ISO image on the node, or null to eject it"
+        if cdrom is not None:
+            check_image_path(cdrom, "iso", "cdrom", problems, image_problem)
         changes["cdrom"] = cdrom
     raise_problems(problems)
     return changes

@@ -5,18 +5,24 @@ A new VM's record and its MAC claims are written in one transaction before its v
 queued; the job removes them again if the VM cannot be made. Lifecycle requests are jobs too, so
 two requests on one VM run one after the other (lock vm:<name>). What the API reports as a VM's
 state comes from vm-status/<name>, written by the VM node's agent.
+
+A disk's import and the cdrom name only images a VM may use (compute/images.py): an uploaded image
+of a pool of the VM's node, or a file under one of `image_dirs` (the [compute] image_dirs of this
+node's config). When the VM is on this node, the file is also resolved (symlinks) and looked at
+before anything is written; on another node, only its path is checked here.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import time
 import uuid
-from typing import Any
+from typing import Any, Sequence
 
 from cairn.cluster import nodes
 from cairn.cluster.store import Put, Store, absent
-from cairn.compute import images, model
+from cairn.compute import image_store, images, model
 from cairn.compute.jobs import SNAPSHOT_NAME
 from cairn.compute.vms import MACS, VM_STATUS, VMS, get_vm, inspect_image, list_vms
 from cairn.errors import Conflict, NotFound, ValidationError
@@ -29,11 +35,27 @@ LIFECYCLE = {"start": "vm.start", "stop": "vm.stop", "poweroff": "vm.poweroff", 
 
 
 class VmService:
-    def __init__(self, store: Store, jobs: JobService, local_node: str | None = None, runner=None) -> None:
+    def __init__(self, store: Store, jobs: JobService, local_node: str | None = None, runner=None,
+                 image_dirs: Sequence[str] = ()) -> None:
         self.store = store
         self.jobs = jobs
         self.local_node = local_node      # the node this process runs on: images there are checked at once
         self.runner = runner
+        self.image_dirs = tuple(image_dirs)   # [compute] image_dirs: other places VM images may come from
+
+    def image_checker(self, node: str) -> model.ImageProblem:
+        """Why a VM on `node` may not use a path as an image (model.check_vm's image_problem)."""
+        known = [images.KnownImage(image.path, image.kind, image.node, image.pool, image.name)
+                 for image in (image_store.Image.from_dict(e.value) for e in self.store.list(image_store.IMAGES))]
+
+        def problem(path: str, kind: str) -> str | None:
+            found = images.source_problem(path, kind, node, known, self.image_dirs)
+            if found or node != self.local_node:
+                return found
+            places = [posixpath.dirname(image.path) for image in known if image.path == path] or \
+                [directory for directory in self.image_dirs if images.in_directory(path, directory)]
+            return images.resolved_problem(path, places, os.path.realpath, os.stat)
+        return problem
 
     def submit(self, kind: str, node: str, params: dict[str, Any]) -> dict[str, Any]:
         return self.jobs.submit(kind, node, params).to_dict()
@@ -42,12 +64,20 @@ class VmService:
     def status(self, name: str) -> dict[str, Any]:
         return self.store.get(VM_STATUS + name) or {}
 
-    def view(self, vm: model.Vm) -> dict[str, Any]:
-        space = ((self.store.get(POOL_STATUS + vm.pool) or {}).get("vms") or {}).get(vm.name)
-        return {**vm.to_dict(), "status": self.store.get(VM_STATUS + vm.name), "space": space}
+    def view(self, vm: model.Vm, statuses: dict[str, Any] | None = None,
+             pools: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The VM with its observed status and space; `statuses` and `pools` (vm-status and
+        pool-status records by name) when the caller read them for many VMs at once."""
+        pool_status = pools.get(vm.pool) if pools is not None else self.store.get(POOL_STATUS + vm.pool)
+        space = ((pool_status or {}).get("vms") or {}).get(vm.name)
+        status = statuses.get(vm.name) if statuses is not None else self.store.get(VM_STATUS + vm.name)
+        return {**vm.to_dict(), "status": status, "space": space}
 
     def vms(self) -> list[dict[str, Any]]:
-        return [self.view(vm) for vm in sorted(list_vms(self.store), key=lambda v: v.name)]
+        """Every VM: three reads of the store (records, statuses, pool statuses), however many VMs."""
+        statuses = {e.key[len(VM_STATUS):]: e.value for e in self.store.list(VM_STATUS)}
+        pools = {e.key[len(POOL_STATUS):]: e.value for e in self.store.list(POOL_STATUS)}
+        return [self.view(vm, statuses, pools) for vm in sorted(list_vms(self.store), key=lambda v: v.name)]
 
     def vm(self, name: str) -> dict[str, Any]:
         return self.view(get_vm(self.store, name))
@@ -82,7 +112,7 @@ class VmService:
         macs = [e.key[len(MACS):] for e in self.store.list(MACS)]
         vm = model.check_vm(body, node=node, capacity=capacity, taken_names=taken, taken_macs=macs,
                             new_uuid=lambda: str(uuid.uuid4()), random_bytes=os.urandom, now=time.time(),
-                            hash_password=self.hash_password)
+                            hash_password=self.hash_password, image_problem=self.image_checker(node))
         if self.runner is not None and vm.node == self.local_node:
             # A file that is not a disk image is refused now (400); on another node, the job checks.
             for index, disk in enumerate(vm.disks):
@@ -158,7 +188,7 @@ class VmService:
         touched = sorted(self.NEEDS_STOP & set(body))
         if touched and self.running(name):
             raise Conflict(f"VM {name} is running: shut it down to change {', '.join(touched)}")
-        changes = model.check_edit(body, self.capacity(vm.node), vm.node)
+        changes = model.check_edit(body, self.capacity(vm.node), vm.node, self.image_checker(vm.node))
         updated = model.Vm.from_dict({**vm.to_dict(), **changes})
         if not self.store.cas(VMS + name, updated.to_dict(), entry.mod_revision):
             raise Conflict(f"VM {name} changed meanwhile; try again")
@@ -194,32 +224,48 @@ class VmService:
         if names is None:
             if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100:
                 raise ValidationError({"count": "give names, or a count from 1 to 100"})
-            names = model.clone_names(body.get("base") or name, count, taken)
-        clash = sorted(set(names) & taken) if isinstance(names, list) else []
+            base = name if body.get("base") is None else body["base"]
+            if not isinstance(base, str) or not base:
+                raise ValidationError({"base": "must be the start of a VM name, like web"})
+            names = model.clone_names(base, count, taken)
+        texts = [new for new in names if isinstance(new, str)] if isinstance(names, list) else []
+        clash = sorted(taken.intersection(texts))           # (the job's check names what is not a name)
         if clash:
             raise Conflict(f"VM names taken already: {', '.join(clash)}", names=clash)
         return self.submit("vm.clone", vm.node, {"vm": name, "names": names})
 
     def snapshot(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         vm = get_vm(self.store, name)
-        snapshot = body.get("name") or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        if not isinstance(snapshot, str) or not SNAPSHOT_NAME.match(snapshot):
+        snapshot = body.get("name")
+        if snapshot is None:        # not given (false or "" is a bad name, not "not given")
+            snapshot = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        if not isinstance(snapshot, str) or not SNAPSHOT_NAME.fullmatch(snapshot):
             raise ValidationError({"name": "snapshot name: 1-64 of letters, digits, '.', '_' and '-'"})
         if snapshot in (self.status(name).get("snapshots") or []):
             raise Conflict(f"VM {name} has a snapshot named {snapshot!r} already")
         return self.submit("vm.snapshot", vm.node, {"vm": name, "snapshot": snapshot})
 
+    @staticmethod
+    def _snapshot_name(snapshot: Any) -> str:
+        """A snapshot named in a request path: checked like a new one's name (a '$' would let "x\n" by)."""
+        if not isinstance(snapshot, str) or not SNAPSHOT_NAME.fullmatch(snapshot):
+            raise ValidationError({"snapshot": "snapshot name: 1-64 of letters, digits, '.', '_' and '-'"})
+        return snapshot
+
     def delete_snapshot(self, name: str, snapshot: str) -> dict[str, Any]:
+        snapshot = self._snapshot_name(snapshot)
         vm = get_vm(self.store, name)
         return self.submit("vm.snapshot-delete", vm.node, {"vm": name, "snapshot": snapshot})
 
     def revert(self, name: str, snapshot: str) -> dict[str, Any]:
+        snapshot = self._snapshot_name(snapshot)
         vm = get_vm(self.store, name)
         if self.running(name):
             raise Conflict(f"VM {name} is running: shut it down before reverting it")
         return self.submit("vm.revert", vm.node, {"vm": name, "snapshot": snapshot})
 
     def restore(self, name: str, snapshot: str, body: dict[str, Any]) -> dict[str, Any]:
+        snapshot = self._snapshot_name(snapshot)
         vm = get_vm(self.store, name)
         new = body.get("name")
         problem = model.name_problem(new, [v.name for v in list_vms(self.store)])

@@ -177,8 +177,11 @@ class Compute:
                 disks.append(disk)
                 progress((index + 1) / (len(vm.disks) + 1), f"disk {disk.name} ({disk.size >> 20} MiB, thin)")
             if tuple(disks) != vm.disks:
-                vm = replace(vm, disks=tuple(disks))                 # imported disks' sizes are known now
-                self.store.put(VMS + vm.name, vm.to_dict())
+                # Imported disks' sizes are known now: only they change, on the current record.
+                sizes = {disk.name: disk.size for disk in disks}
+                entry = self.store.update(VMS + vm.name, lambda record: {
+                    **record, "disks": [{**d, "size": sizes.get(d["name"], d["size"])} for d in record["disks"]]})
+                vm = model.Vm.from_dict(entry.value)
             if vm.cloud_init:
                 self.write_seed(vm, cloudinit.hostname_for(vm.cloud_init, vm.name))
             self._write_record(vm)
@@ -401,6 +404,5 @@ class Compute:
         status = {"node": self.node, "state": state, "accel": self.accel, "vnc_port": vnc,
                   "snapshots": self.snapshot_names(vm),
                   "files": os.path.isdir(self.vm_dir(vm))}
-        if self.store.get(VM_STATUS + vm.name) != status:
-            self.store.put(VM_STATUS + vm.name, status)
+        self.store.put_if_changed(VM_STATUS + vm.name, status)
         return status

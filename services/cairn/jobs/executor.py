@@ -14,7 +14,7 @@ import time
 from typing import Callable
 
 from cairn.cluster import events
-from cairn.errors import CairnError, Conflict
+from cairn.errors import CairnError, CommandFailed, Conflict
 from cairn.jobs import model, registry
 from cairn.jobs.model import Job
 from cairn.jobs.service import JobService
@@ -42,6 +42,7 @@ class JobContext:
         self.runner = runner
         self.clock = clock
         self.job = job
+        self.written_count = job.log_count    # log lines of the job already in the store
         self._last_write = 0.0
         self._pending = False
 
@@ -62,7 +63,8 @@ class JobContext:
         self.progress(message=message)
 
     def flush(self) -> None:
-        self.service.store.put(f"jobs/{self.job.id}", self.job.to_dict())
+        self.service.write_progress(self.job, self.written_count)
+        self.written_count = self.job.log_count
         self._last_write = time.monotonic()
         self._pending = False
 
@@ -84,6 +86,9 @@ class Executor:
         self.clock = clock
         self._running: dict[str, threading.Thread] = {}
         self._guard = threading.Lock()
+        # One offer at a time: the queue watch and the lock watch both offer jobs, and two
+        # threads starting the same job would have the loser free the winner's locks.
+        self._offering = threading.Lock()
 
     def running_ids(self) -> list[str]:
         with self._guard:
@@ -99,13 +104,14 @@ class Executor:
         job it has just seen queued in a watch event without listing every job first."""
         if job.node != self.node or job.state != model.JobState.QUEUED:
             return
-        with self._guard:
-            if job.id in self._running and self._running[job.id].is_alive():
-                return
-        try:
-            self._try_start(job, revision)
-        except Conflict:
-            pass  # someone changed it meanwhile; the next poll sees the new state
+        with self._offering:
+            with self._guard:
+                if job.id in self._running:
+                    return
+            try:
+                self._try_start(job, revision)
+            except Conflict:
+                pass  # someone changed it meanwhile; the next poll sees the new state
 
     def _try_start(self, job: Job, revision: int) -> None:
         if self.service.abort_requested(job.id):
@@ -141,7 +147,17 @@ class Executor:
             event: model.JobEvent = model.Succeed(self.clock(), result)
         except JobAborted:
             event = model.Abort(self.clock(), "aborted on request")
+        except CommandFailed as exc:
+            # The whole command and its error output go to the job's log and the agent's log;
+            # the job's error (what API clients and the console show first) stays short.
+            log.warning("job %s: %s", job.id, exc.log_text())
+            ctx.job = model.advance(ctx.job, model.Progress(
+                self.clock(), message=f"command {' '.join(exc.argv)} exited with {exc.returncode}"
+                                      + (f"; its error output: {exc.stderr.strip()}" if exc.stderr.strip() else "")))
+            event = model.Fail(self.clock(), exc.message)
         except CairnError as exc:
+            if exc.details:
+                log.warning("job %s: %s", job.id, exc.log_text())
             event = model.Fail(self.clock(), exc.message)
         except Exception as exc:  # a bug in a handler must still end the job
             log.exception("job %s crashed", job.id)
@@ -152,12 +168,14 @@ class Executor:
             except Exception:
                 log.exception("after-job hook failed for job %s", job.id)
         self._finish(ctx, event)
+        with self._guard:
+            self._running.pop(job.id, None)
 
     def _finish(self, ctx: JobContext, event: model.JobEvent) -> None:
         # The store may be briefly unreachable (leader election): keep trying to record the end.
         for attempt in range(60):
             try:
-                self.service.apply(ctx.job, event)
+                self.service.apply(ctx.job, event, written_count=ctx.written_count)
                 self.service.release_locks(ctx.job)
                 self._emit_event(ctx.job, event)
                 return

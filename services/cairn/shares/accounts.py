@@ -10,6 +10,14 @@ Invariants:
   ACL entries per user (acl.py), never from the primary group.
 - Samba's passdb holds exactly the enabled and disabled file users, each with the NT hash of the
   record (the password itself is never stored anywhere); disabled users carry the `D` flag.
+- The NT hash is password-equivalent, so it never appears on a command line (any process can read
+  those in /proc): a user's passdb entry is written by importing one smbpasswd-format line that
+  pdbedit reads from stdin (`pdbedit -i smbpasswd:/dev/stdin -u NAME`, which adds or replaces the
+  entry: hash, flags and the time the password was set). pdbedit reads that file twice and exits 0
+  even when it refused the line, so stdin is an in-memory file (Runner's input_file) and the step
+  expects pdbedit's "Importing account for NAME...ok".
+- Accounts named by a record the node could not use (`keep_users`, `keep_groups`: a record that
+  got into the store without the API's checks) are left as they are, never removed for it.
 - Commands take `--prefix` when the accounts live under another root (tests), so the host's own
   /etc/passwd is never changed by a test.
 
@@ -20,7 +28,8 @@ need (pdbedit refuses a user without one) and removed before it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Iterable
 
 from cairn.shares.model import FIRST_ID, LAST_ID, Group, User
 
@@ -58,10 +67,14 @@ class PassdbEntry:
 
 @dataclass(frozen=True)
 class Step:
-    """One command of the plan, with what it is for (shown in logs and errors)."""
+    """One command of the plan, with what it is for (shown in logs and errors) and the record it
+    serves ("user:<name>", "group:<name>"): when a step fails, the later steps of that record are
+    skipped and the others still run."""
     what: str
     argv: tuple[str, ...]
-    secret_input: bool = False   # feed a throw-away password on stdin (pdbedit -a)
+    record: str = ""
+    input: str = field(default="", repr=False)     # given on stdin as an in-memory file (a secret)
+    expect: str = ""                               # stdout must contain it, or the step failed
 
 
 def managed(number: int) -> bool:
@@ -106,10 +119,13 @@ def _prefix(prefix: str) -> tuple[str, ...]:
 
 
 def plan_accounts(users: dict[str, User], groups: dict[str, Group], unix_users: list[UnixUser],
-                  unix_groups: list[UnixGroup], prefix: str = "/") -> list[Step]:
-    """Commands that make the managed Unix accounts match the records."""
-    have_users = {u.name: u for u in unix_users if managed(u.uid)}
-    have_groups = {g.name: g for g in unix_groups if managed(g.gid)}
+                  unix_groups: list[UnixGroup], prefix: str = "/", keep_users: Iterable[str] = (),
+                  keep_groups: Iterable[str] = ()) -> list[Step]:
+    """Commands that make the managed Unix accounts match the records (accounts named in
+    `keep_users` and `keep_groups` are left alone)."""
+    kept_users, kept_groups = set(keep_users), set(keep_groups)
+    have_users = {u.name: u for u in unix_users if managed(u.uid) and u.name not in kept_users}
+    have_groups = {g.name: g for g in unix_groups if managed(g.gid) and g.name not in kept_groups}
     members: dict[str, set[str]] = {g.name: set(g.members) for g in unix_groups}
     pre = _prefix(prefix)
     steps: list[Step] = []
@@ -119,20 +135,20 @@ def plan_accounts(users: dict[str, User], groups: dict[str, Group], unix_users: 
         old = have_users.get(user.name)
         if old is not None and old.uid != user.uid:
             steps.append(Step(f"remove user {old.name} (uid {old.uid} changed to {user.uid})",
-                              ("userdel", *pre, old.name)))
+                              ("userdel", *pre, old.name), f"user:{old.name}"))
             del have_users[old.name]
     for group in groups.values():
         old = have_groups.get(group.name)
         if old is not None and old.gid != group.gid:
             steps.append(Step(f"remove group {old.name} (gid {old.gid} changed to {group.gid})",
-                              ("groupdel", *pre, old.name)))
+                              ("groupdel", *pre, old.name), f"group:{old.name}"))
             del have_groups[old.name]
 
     for name in sorted(set(have_users) - set(users)):
-        steps.append(Step(f"remove user {name}", ("userdel", *pre, name)))
+        steps.append(Step(f"remove user {name}", ("userdel", *pre, name), f"user:{name}"))
     for name in sorted(set(groups) - set(have_groups)):
         group = groups[name]
-        steps.append(Step(f"add group {name}", ("groupadd", *pre, "-g", str(group.gid), name)))
+        steps.append(Step(f"add group {name}", ("groupadd", *pre, "-g", str(group.gid), name), f"group:{name}"))
     for name in sorted(users):
         user = users[name]
         supplementary = ",".join(sorted(g for g in user.groups if g in groups))
@@ -141,41 +157,53 @@ def plan_accounts(users: dict[str, User], groups: dict[str, Group], unix_users: 
         if old is None:
             steps.append(Step(f"add user {name}", (
                 "useradd", *pre, "-u", str(user.uid), "-g", PRIMARY_GROUP, "-G", supplementary,
-                "-M", "-d", HOME, "-s", SHELL, "-c", gecos, name)))
+                "-M", "-d", HOME, "-s", SHELL, "-c", gecos, name), f"user:{name}"))
             continue
         current = ",".join(sorted(g for g, who in members.items() if name in who and g in groups))
         if current != supplementary or old.gecos != gecos:
             steps.append(Step(f"update user {name}", ("usermod", *pre, "-G", supplementary,
-                                                      "-c", gecos, name)))
+                                                      "-c", gecos, name), f"user:{name}"))
     for name in sorted(set(have_groups) - set(groups)):
-        steps.append(Step(f"remove group {name}", ("groupdel", *pre, name)))
+        steps.append(Step(f"remove group {name}", ("groupdel", *pre, name), f"group:{name}"))
     return steps
 
 
+def smbpasswd_line(name: str, uid: int, nt_hash: str, disabled: bool, now: float) -> str:
+    """A user's passdb entry as a line of an smbpasswd file (what `pdbedit -i smbpasswd:` reads):
+    no LAN Manager hash, the NT hash, the account flags and when the password was set (0 there
+    would mean "must change the password now")."""
+    flags = ("D" if disabled else "") + "U"
+    return f"{name}:{uid}:{'X' * 32}:{nt_hash.upper()}:[{flags:<11}]:LCT-{int(now):08X}:\n"
+
+
 def plan_passdb(users: dict[str, User], hashes: dict[str, str], entries: list[PassdbEntry],
-                conf: str) -> tuple[list[Step], list[Step]]:
+                conf: str, now: float, keep: Iterable[str] = ()) -> tuple[list[Step], list[Step]]:
     """Commands that make Samba's passdb hold exactly these users with these NT hashes, as
     (removals, to run before the Unix accounts change; additions and updates, to run after).
-    `hashes` are the records' NT hashes by user name (hex, any case). Entries of users Cairn
-    does not manage are left alone."""
+    `hashes` are the records' NT hashes by user name (hex, any case); `now` is when a password
+    set here counts as set. Entries of users Cairn does not manage, or named in `keep`, are left alone."""
     have = {e.name: e for e in entries}
+    kept = set(keep)
     removals: list[Step] = []
     steps: list[Step] = []
     base = ("pdbedit", "-s", conf)
-    for name in sorted(set(have) - set(users)):
+    for name in sorted(set(have) - set(users) - kept):
         if managed(have[name].uid):
-            removals.append(Step(f"remove {name} from the Samba passdb", (*base, "-x", "-u", name)))
+            removals.append(Step(f"remove {name} from the Samba passdb", (*base, "-x", "-u", name),
+                                 f"user:{name}"))
     for name in sorted(users):
         user = users[name]
         wanted = hashes[name].upper()
         entry = have.get(name)
         if entry is None:
-            steps.append(Step(f"add {name} to the Samba passdb", (*base, "-a", "-t", "-u", name),
-                              secret_input=True))
-        if entry is None or entry.nt_hash != wanted:
-            steps.append(Step(f"set {name}'s password", (*base, "-u", name, "--set-nt-hash", wanted)))
-        if (entry.disabled if entry is not None else False) != user.disabled:   # pdbedit -a: enabled
-            flags = "[D]" if user.disabled else "[]"
-            steps.append(Step(f"{'disable' if user.disabled else 'enable'} {name} in the Samba passdb",
-                              (*base, "-u", name, "-c", flags)))
+            what = f"add {name} to the Samba passdb"
+        elif entry.nt_hash != wanted:
+            what = f"set {name}'s password"
+        elif entry.disabled != user.disabled:
+            what = f"{'disable' if user.disabled else 'enable'} {name} in the Samba passdb"
+        else:
+            continue
+        steps.append(Step(what, (*base, "-i", "smbpasswd:/dev/stdin", "-u", name), f"user:{name}",
+                          input=smbpasswd_line(name, user.uid, wanted, user.disabled, now),
+                          expect=f"Importing account for {name}...ok"))
     return removals, steps

@@ -51,15 +51,15 @@ from cairn.shares.model import DESCRIPTION_MAX, note, text_problem, unknown_fiel
 from cairn.storage import model as storage_model
 from cairn.storage.model import raise_problems
 
-TARGET_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+TARGET_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 IQN_PREFIX = "iqn.2026-11.invalid.cairn:"
 NAME_MAX_BYTES = 223                       # RFC 3720 3.2.6.1
-IQN = re.compile(r"^iqn\.([0-9]{4})-([0-9]{2})\.([^:]*)(?::(.*))?$", re.DOTALL)
-DOMAIN_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
+IQN = re.compile(r"iqn\.([0-9]{4})-([0-9]{2})\.([^:]*)(?::(.*))?", re.DOTALL)
+DOMAIN_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 NAME_CHARS = re.compile(r"[^a-z0-9.:-]")
-HEX = re.compile(r"^[0-9a-f]+$")
-SERIAL = re.compile(r"^[0-9a-f]{32}$")
-CHAP_USER = re.compile(r"^[\x21-\x7e]{1,64}$")
+HEX = re.compile(r"[0-9a-f]+")
+SERIAL = re.compile(r"[0-9a-f]{32}")
+CHAP_USER = re.compile(r"[\x21-\x7e]{1,64}")
 CHAP_PASSWORD_MIN, CHAP_PASSWORD_MAX = 12, 16
 LIO_UNSET = "NULL"                         # LIO's configfs reads a value starting with it as unset
 
@@ -145,7 +145,7 @@ def size_text(size: int) -> str:
 
 # --- validation (pure) ------------------------------------------------------------------------
 def target_name_problem(value: Any) -> str | None:
-    if not isinstance(value, str) or not TARGET_NAME.match(value):
+    if not isinstance(value, str) or not TARGET_NAME.fullmatch(value):
         return ("target name must be 1-63 of a-z, 0-9 and '-', starting with a letter or digit "
                 "and not ending with '-'")
     return None
@@ -165,7 +165,7 @@ def iscsi_name_problem(value: Any, for_target: bool = False) -> str | None:
     if value.startswith(("eui.", "naa.")):
         kind, digits = value[:3], value[4:]
         lengths = (16,) if kind == "eui" else (16, 32)
-        if not HEX.match(digits) or len(digits) not in lengths:
+        if not HEX.fullmatch(digits) or len(digits) not in lengths:
             counts = "16" if kind == "eui" else "16 or 32"
             return f"{kind}. must be followed by {counts} hex digits (0-9, a-f), not {digits!r}"
         if for_target and kind == "naa" and (len(digits) != 16 or digits[0] not in "125"):
@@ -178,12 +178,12 @@ def iscsi_name_problem(value: Any, for_target: bool = False) -> str | None:
     if bad:
         shown = ", ".join(repr(char) for char in bad)
         return f"may contain only a-z, 0-9, '-', '.' and ':' (found {shown})"
-    match = IQN.match(value)
+    match = IQN.fullmatch(value)
     if not match or not 1 <= int(match.group(2)) <= 12:
         return ("after 'iqn.' comes a date, YYYY-MM (a month 01-12), and a '.', then a reversed domain "
                 "name like com.example")
     labels = match.group(3).split(".")
-    if len(labels) < 2 or not all(DOMAIN_LABEL.match(label) for label in labels):
+    if len(labels) < 2 or not all(DOMAIN_LABEL.fullmatch(label) for label in labels):
         return (f"{match.group(3)!r} is not a reversed domain name: after iqn.YYYY-MM. give one like "
                 "com.example (two or more labels), then optionally ':' and an identifier")
     if match.group(4) is not None and not match.group(4):
@@ -267,7 +267,7 @@ def check_chap(value: Any, problems: dict[str, str], current: Chap | None = None
     before = len(problems)
     unknown_fields(value, Chap.__dataclass_fields__, problems, "chap.")
     user = value.get("user")
-    if not isinstance(user, str) or not CHAP_USER.match(user):
+    if not isinstance(user, str) or not CHAP_USER.fullmatch(user):
         problems["chap.user"] = "must be 1-64 printable ASCII characters without spaces"
     elif user.startswith(LIO_UNSET):
         problems["chap.user"] = f"must not start with {LIO_UNSET!r} (LIO would read it as 'no user')"
@@ -340,7 +340,7 @@ def check_lun_records(value: Any, problems: dict[str, str], pools_root: str, poo
             numbers[number] = index
         size = check_size(entry.get("size"), f"{prefix}.size", problems)
         serial = entry.get("serial")
-        if not isinstance(serial, str) or not SERIAL.match(serial):
+        if not isinstance(serial, str) or not SERIAL.fullmatch(serial):
             problems[f"{prefix}.serial"] = "must be 32 lowercase hex digits"
         elif serial in serials:
             problems[f"{prefix}.serial"] = f"is the serial of luns[{serials[serial]}] too"

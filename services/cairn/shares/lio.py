@@ -20,6 +20,14 @@ LIO's configuration lives in configfs and is gone after a reboot: the agent buil
 records on its first pass (after the pools are mounted), which is the "restore at boot"; Debian's
 rtslib-fb-targetctl stays disabled so two restorers never race.
 
+One bad record never stops the others. Each record is checked as the API checks an imported one
+(`screen`, with iscsi.check_target); a record the node cannot use is left out, its
+iscsi-status/<name> says what is wrong with it, and whatever LIO has for its IQN and LUN serials
+is left as it is (never removed for it). A step that fails skips the later steps of its target
+(and of the LUNs that use its backstore); the other targets are still applied. Having applied
+what it can, the pass publishes every status and then fails, naming what it could not apply.
+Statuses are written only when they changed (Store.put_if_changed): they hold no timestamp.
+
 `plan` is pure; `LioApplier.actual/apply` are the only parts that touch configfs (rtslib is
 imported there, so this module imports on hosts without it).
 """
@@ -28,10 +36,13 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 from dataclasses import dataclass, field
+from typing import Any, Iterable
 
 from cairn.cluster.store import Store
-from cairn.errors import ExecutionError
+from cairn.errors import CairnError, ExecutionError, ValidationError
+from cairn.shares import iscsi
 from cairn.storage.pools import list_pools
 
 log = logging.getLogger(__name__)
@@ -108,8 +119,63 @@ def wanted(records: list[dict], mounted_pools: set[str]) -> Lio:
     return Lio(backstores, targets)
 
 
-def plan(want: Lio, have: Lio) -> list[Action]:
-    """What makes LIO (and the LUN files) match `want`, in a safe order (pure)."""
+def shown(key: str) -> str:
+    return key if key.isprintable() else repr(key)
+
+
+def screen(entries: Iterable[tuple[str, Any]], pools: set[str], pools_root: str | None = None
+           ) -> tuple[list[dict], dict[str, str], frozenset[str]]:
+    """The target records of this node's `pools` that the node can use, from (key, value) pairs
+    as listed from the store; the others by key with what is wrong; and what LIO must keep for
+    them (their IQNs and backstore names, where they can be read). A LUN file must be where the
+    API puts it: <pools_root>/<pool>/<volume>/.iscsi/<target>/lun<n>-<serial[:8]>.img (without
+    `pools_root`, any absolute normalised root will do, the same for every LUN of the target)."""
+    good: list[dict] = []
+    rejected: dict[str, str] = {}
+    keep: set[str] = set()
+    for key, record in entries:
+        if not isinstance(record, dict):
+            rejected[key] = "target: must be an object"
+            continue
+        if record.get("pool") not in pools:
+            continue
+        try:
+            target = iscsi.check_target(record, pools_root or _root_of(record), whole_record=True)
+            if key.rsplit("/", 1)[-1] != target.name:
+                raise ValidationError({"name": f"{target.name!r} is stored under {shown(key)}"})
+        except ValidationError as error:
+            rejected[key] = "; ".join(f"{name}: {why}" for name, why in sorted(error.fields.items()))
+            if isinstance(record.get("iqn"), str):
+                keep.add(record["iqn"])
+            luns = record.get("luns")
+            for lun in luns if isinstance(luns, list) else []:
+                if isinstance(lun, dict) and isinstance(lun.get("serial"), str):
+                    keep.add(backstore_name(lun["serial"]))
+            continue
+        good.append(record)
+    return good, rejected, frozenset(keep)
+
+
+def _root_of(record: dict) -> str:
+    """The pools' root a record's first well-placed LUN file implies ("/" when none does)."""
+    luns = record.get("luns")
+    for lun in luns if isinstance(luns, list) else []:
+        try:
+            suffix = iscsi.lun_file("/", record["pool"], record["volume"], record["name"], int(lun["lun"]),
+                                    lun["serial"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        path = lun.get("file")
+        if isinstance(path, str) and path.endswith(suffix):
+            root = path[:-len(suffix)]
+            if root.startswith("/") and posixpath.normpath(root) == root:
+                return root
+    return "/"
+
+
+def plan(want: Lio, have: Lio, keep: frozenset[str] = frozenset()) -> list[Action]:
+    """What makes LIO (and the LUN files) match `want`, in a safe order (pure). Targets (by IQN)
+    and backstores named in `keep` are never removed: they belong to records this pass could not use."""
     actions: list[Action] = []
     for name, store in sorted(want.backstores.items()):
         size = have.file_sizes.get(store.file, -1)
@@ -147,10 +213,10 @@ def plan(want: Lio, have: Lio) -> list[Action]:
         if current.authentication != target.authentication:
             actions.append(Action("authentication", f"{'require' if target.authentication else 'drop'} "
                                   f"CHAP on {iqn}", target=iqn, flag=target.authentication))
-    for iqn in sorted(set(have.targets) - set(want.targets)):
+    for iqn in sorted(set(have.targets) - set(want.targets) - keep):
         actions.append(Action("target-delete", f"remove target {iqn}", target=iqn))
     for name, store in sorted(have.backstores.items()):
-        if name.startswith(BACKSTORE_PREFIX) and name not in want.backstores:
+        if name.startswith(BACKSTORE_PREFIX) and name not in want.backstores and name not in keep:
             actions.append(Action("backstore-delete", f"remove backstore {name}", backstore=store))
     return actions
 
@@ -158,12 +224,16 @@ def plan(want: Lio, have: Lio) -> list[Action]:
 class LioApplier:
     name = "iscsi"
 
-    def __init__(self, store: Store, node: str, mounted, rtslib=None) -> None:
+    def __init__(self, store: Store, node: str, mounted, rtslib=None, pools_root: str | None = None) -> None:
         self.store = store
         self.node = node
         self.mounted = mounted
+        self.pools_root = pools_root             # None: LUN files are checked without it (see screen)
         self._rtslib = rtslib
         self._records: list[dict] = []
+        self._rejected: dict[str, str] = {}
+        self._keep: frozenset[str] = frozenset()
+        self._failed: dict[str, str] = {}        # target IQN or backstore name -> what failed
 
     @property
     def rtslib(self):
@@ -175,11 +245,15 @@ class LioApplier:
     # --- Reconciler ----------------------------------------------------------------------------
     def desired(self, store: Store) -> Lio:
         mine = {p.name for p in list_pools(store) if p.node == self.node}
-        self._records = [e.value for e in store.list(TARGETS) if e.value.get("pool") in mine]
+        self._records, self._rejected, self._keep = screen(
+            [(e.key, e.value) for e in store.list(TARGETS)], mine, self.pools_root)
+        self._failed = {}
+        for key, problem in sorted(self._rejected.items()):
+            log.warning("iscsi: record %s cannot be applied: %s", shown(key), problem)
         return wanted(self._records, {pool for pool in mine if self.mounted(pool)})
 
     def actual(self) -> Lio:
-        if not self._records and not os.path.isdir("/sys/kernel/config/target/iscsi"):
+        if not self._records and not self._keep and not os.path.isdir("/sys/kernel/config/target/iscsi"):
             return Lio()                           # nothing wanted and LIO not even loaded
         rts = self.rtslib
         root = rts.RTSRoot()
@@ -207,20 +281,30 @@ class LioApplier:
         return Lio(backstores, targets, sizes)
 
     def diff(self, desired: Lio, actual: Lio) -> list[Action]:
-        return plan(desired, actual)
+        return plan(desired, actual, self._keep)
 
     def apply(self, actions: list[Action]) -> None:
-        done: list[str] = []
+        """Carry out the actions in order; a failed one skips the later actions of its target (and
+        of its backstore), the others still run. after_pass reports what failed."""
         for action in actions:
+            involved = [name for name in (action.target, action.backstore.name if action.backstore else "")
+                        if name]
+            if any(name in self._failed for name in involved):
+                log.info("iscsi: skipped %s (an earlier step of it failed)", action.what)
+                continue
             try:
                 self._apply(action)
-            except (OSError, self.rtslib.RTSLibError) as exc:
-                raise ExecutionError(f"{action.what}: {exc}", done) from None
-            done.append(action.what)
+            except (CairnError, OSError, self.rtslib.RTSLibError) as exc:
+                reason = exc.message if isinstance(exc, CairnError) else str(exc)
+                for name in involved:
+                    self._failed[name] = f"{action.what}: {reason}"
+                log.warning("iscsi: %s failed: %s", action.what, reason)
+                continue
             log.info("iscsi: %s", action.what)
 
     def after_pass(self) -> None:
-        """Delete the files of deleted LUNs, and publish each target's sessions and LUN sizes."""
+        """Delete the files of deleted LUNs, publish each target's sessions and LUN sizes (or what
+        is wrong with it), then fail naming the targets that could not be applied, if any."""
         mine = {p.name for p in list_pools(self.store) if p.node == self.node and self.mounted(p.name)}
         in_use = {lun["file"] for record in self._records for lun in record.get("luns") or []}
         for entry in self.store.list(TRASH):
@@ -229,26 +313,35 @@ class LioApplier:
                 if os.path.exists(tomb["file"]):
                     os.unlink(tomb["file"])
                 self.store.delete(entry.key)
-        if not self._records:
-            return
-        root = self.rtslib.RTSRoot()
+        problems = dict(self._rejected)
+        for key, why in self._rejected.items():
+            self.store.put_if_changed(STATUS + key.rsplit("/", 1)[-1], {"node": self.node, "error": why})
         sessions: dict[str, list[str]] = {}
-        for target in root.targets:
-            for tpg in target.tpgs:
-                for acl in tpg.node_acls:
-                    if acl.session and acl.session.get("state") == "LOGGED_IN":
-                        sessions.setdefault(target.wwn, []).append(acl.node_wwn)
+        if self._records:
+            for target in self.rtslib.RTSRoot().targets:
+                for tpg in target.tpgs:
+                    for acl in tpg.node_acls:
+                        if acl.session and acl.session.get("state") == "LOGGED_IN":
+                            sessions.setdefault(target.wwn, []).append(acl.node_wwn)
         for record in self._records:
             if record["pool"] not in mine:
                 continue
             luns = {}
+            failed = [self._failed[name] for name in
+                      [record["iqn"]] + [backstore_name(lun["serial"]) for lun in record.get("luns") or []]
+                      if name in self._failed]
             for lun in record.get("luns") or []:
                 allocated = os.stat(lun["file"]).st_blocks * 512 if os.path.exists(lun["file"]) else 0
                 luns[str(lun["lun"])] = {"size": lun["size"], "allocated": allocated}
             status = {"node": self.node, "port": PORT, "sessions": sorted(sessions.get(record["iqn"], [])),
                       "luns": luns}
-            if self.store.get(STATUS + record["name"]) != status:
-                self.store.put(STATUS + record["name"], status)
+            if failed:
+                status["error"] = "; ".join(failed)
+                problems[TARGETS + record["name"]] = status["error"]
+            self.store.put_if_changed(STATUS + record["name"], status)
+        if problems:
+            listed = "; ".join(f"{shown(key)}: {why}" for key, why in sorted(problems.items()))
+            raise ExecutionError(f"{len(problems)} not applied (everything else was): {listed}")
 
     # --- effects -------------------------------------------------------------------------------
     def _target(self, iqn: str):

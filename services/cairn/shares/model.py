@@ -38,7 +38,8 @@ from cairn.errors import Conflict, ValidationError
 from cairn.storage import model as storage_model
 from cairn.storage.model import raise_problems
 
-ACCOUNT_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+ACCOUNT_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+NT_HASH = re.compile(r"[0-9A-Fa-f]{32}")
 FIRST_ID = 10000
 LAST_ID = 59999                  # Debian's UID_MAX/GID_MAX is 60000; above are system ranges
 
@@ -63,7 +64,7 @@ DESCRIPTION_MAX = 256
 FULL_NAME_MAX = 100
 PATH_MAX_BYTES = 1024            # nfs-utils' NFS_MAXPATHLEN
 SAMBA_VARIABLE = re.compile(r"%[A-Za-z$]")
-HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 ACCESS = ("ro", "rw", "none")
 NFS_ACCESS = ("rw", "ro")
@@ -229,12 +230,18 @@ def note(problems: dict[str, str], field_name: str, problem: str | None) -> None
 
 def account_name_problem(value: Any, what: str, taken_names: Iterable[str] = ()) -> str | None:
     """A user or group name (`what`: "user" or "group"): POSIX-ish, not a system name, not taken."""
-    if not isinstance(value, str) or not ACCOUNT_NAME.match(value):
+    if not isinstance(value, str) or not ACCOUNT_NAME.fullmatch(value):
         return f"{what} name must be 1-32 of a-z, 0-9, '_', '.' and '-', starting with a letter or '_'"
     if value in RESERVED_NAMES or value.startswith(RESERVED_PREFIXES):
         return f"{value!r} is reserved for the system"
     if value in set(taken_names):
         return f"a {what} named {value!r} exists already"
+    return None
+
+
+def nt_hash_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not NT_HASH.fullmatch(value):
+        return "missing or not an NT hash (32 hex digits)"
     return None
 
 
@@ -311,7 +318,7 @@ def check_group_list(value: Any, problems: dict[str, str],
     seen: list[str] = []
     for index, group in enumerate(value):
         key = f"groups[{index}]"
-        if not isinstance(group, str) or not ACCOUNT_NAME.match(group):
+        if not isinstance(group, str) or not ACCOUNT_NAME.fullmatch(group):
             problems[key] = "must be a group name"
         elif known is not None and group not in known:
             problems[key] = f"no group named {group!r}"
@@ -426,7 +433,7 @@ def check_client_match(value: Any) -> tuple[str, str | None]:
     if "*" in name:
         return "", f"{value!r}: only a leading '*.' wildcard is allowed (like *.example.com)"
     labels = name.split(".")
-    if len(name) > 253 or not all(HOST_LABEL.match(label) for label in labels):
+    if len(name) > 253 or not all(HOST_LABEL.fullmatch(label) for label in labels):
         return "", f"{value!r} is not a host name, address, network or wildcard"
     if labels[-1].isdigit():
         return "", f"{value!r} is not a valid IP address (and host names do not end in a number)"

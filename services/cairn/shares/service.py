@@ -8,8 +8,8 @@ creates the record. Records that others refer to cannot be deleted while referre
 who refers to them).
 
 Whether a share is served is read, not written, here: the node that owns the share's pool publishes
-status/<node>/shares (the names it serves, after each good pass) and status/<node>/reconcile (how
-each area's last pass went); `share_state` decides from those what to show.
+status/<node>/shares (the names it serves and the records it could not apply, after each pass) and
+status/<node>/reconcile (how each area's last pass went); `share_state` decides from those what to show.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from cairn.cluster import etcd_settings
 from cairn.cluster.store import Delete, Put, Store, absent, unchanged
 from cairn.errors import Conflict, NotFound, ValidationError
 from cairn.shares import model
@@ -30,6 +31,9 @@ SHARES = "shares/"
 IDS = "share-ids/"
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
 EXPORT_FORMAT = "cairn-shares/1"
+# An import is one transaction: etcd takes at most --max-txn-ops operations in each list of one
+# (cairn.cluster.etcd_settings; 4096 on Cairn's members, ~1,900 users with their groups and shares).
+MAX_IMPORT_WRITES = etcd_settings.MAX_TXN_OPS
 
 
 def _public_user(data: dict[str, Any]) -> dict[str, Any]:
@@ -42,11 +46,15 @@ def share_state(share: dict[str, Any], node: str | None, served: dict[str, Any] 
     record is gone) last published: its status/<node>/shares (`served`) and the "shares" area of its
     status/<node>/reconcile (`last_pass`); either is None until the node has written it.
 
-    served: the node lists the share. error: it does not, and the node's last shares pass failed
-    (its error says why). pending: anything else (the node has not applied the share yet)."""
+    served: the node lists the share. error: it does not, and the node named a problem with this
+    share's record (that problem is the error), or its last shares pass failed (its error says why).
+    pending: anything else (the node has not applied the share yet)."""
     names = {model.share_key(name) for name in (served or {}).get("served") or []}
     if node is not None and model.share_key(share["name"]) in names:
         return {"state": "served", "node": node, "error": None}
+    own = ((served or {}).get("problems") or {}).get(SHARES + model.share_key(share["name"]))
+    if node is not None and own:
+        return {"state": "error", "node": node, "error": own}
     if node is not None and last_pass is not None and last_pass.get("ok") is False:
         return {"state": "error", "node": node,
                 "error": last_pass.get("error") or f"the last shares pass on {node} failed"}
@@ -296,8 +304,9 @@ class ShareService:
         for index, data in enumerate(document.get("users") or []):
             data = dict(data or {})
             hashed = data.pop("nt_hash", None)
-            if not isinstance(hashed, str) or len(hashed) != 32:
-                problems[f"users[{index}].nt_hash"] = "missing or not an NT hash (32 hex digits)"
+            note = model.nt_hash_problem(hashed)
+            if note:
+                problems[f"users[{index}].nt_hash"] = note
             try:
                 others = {n: u for n, u in users.items() if n != data.get("name")}
                 user = model.check_user(data, others, groups=groups, taken_uids={u["uid"] for u in others.values()})
@@ -322,6 +331,11 @@ class ShareService:
                                                                                 problems):
             add("iscsi_targets", key, record, existing, keys["claim"], {"target": record["name"]}, keys["absent"])
         model.raise_problems(problems)
+        if len(writes) > MAX_IMPORT_WRITES:
+            records = sum(counts[kind] for kind in ("groups", "users", "shares", "iscsi_targets"))
+            raise ValidationError({"import": (
+                f"this document adds {records} records ({len(writes)} writes); one import (one "
+                f"transaction, all or nothing) takes at most {MAX_IMPORT_WRITES} writes: import it in parts")})
         if writes and not self.store.txn(compares, writes):
             raise Conflict("users, groups, shares or iSCSI targets changed while importing; nothing was imported, "
                            "try again")

@@ -97,12 +97,13 @@ class Arrays:
         an event is raised exactly once whoever noticed first."""
         old = self.store.get(ARRAY_STATUS + name)
         detail = self.detail(name)
-        status = {**detail.to_dict(), "observed_at": time.time(), "node": self.node}
+        status = {**detail.to_dict(), "node": self.node}
         for severity, message in raid.changes(old, detail):
             events.emit(self.store, severity=severity, node=self.node, source=f"array:{name}",
                         message=f"{message} (node {self.node})")
-        self.store.put(ARRAY_STATUS + name, status)
-        return status
+        stamp = {"observed_at": time.time()}
+        self.store.put_if_changed(ARRAY_STATUS + name, status, stamp=stamp)
+        return {**status, **stamp}
 
     def create(self, name: str, level: str, disk_ids: list[str], progress=lambda pct, text: None) -> Array:
         chosen = self.storage.free_disks(disk_ids)
@@ -118,8 +119,7 @@ class Arrays:
                 self.runner.run(raid.zero_argv(disk.path), timeout=60, check=False)
             raise ExecutionError(f"creating array {name} failed and was undone: {error.message}", done=[]) from error
         detail = self.detail(name)
-        array = Array(**{**array.to_dict(), "uuid": detail.uuid})
-        self.store.put(ARRAYS + name, array.to_dict())
+        array = Array.from_dict(self.store.update(ARRAYS + name, lambda record: {**record, "uuid": detail.uuid}).value)
         progress(80, "writing mdadm.conf")
         self.write_conf()
         self.publish(name)
@@ -188,8 +188,8 @@ class Arrays:
                 self.runner.run(raid.remove_argv(self.path(name), leftover.path), timeout=60, check=False)
         if old_path:
             self.runner.run(raid.zero_argv(old_path), timeout=60, check=False)
-        array = Array(**{**array.to_dict(), "disks": tuple([d for d in array.disks if d != old] + [target.id])})
-        self.store.put(ARRAYS + name, array.to_dict())
+        array = Array.from_dict(self.store.update(ARRAYS + name, lambda record: {
+            **record, "disks": [d for d in record["disks"] if d != old] + [target.id]}).value)
         self.publish(name)
         return array
 
@@ -206,8 +206,8 @@ class Arrays:
         self.runner.run(raid.grow_argv(self.path(name), detail.raid_devices + 1), timeout=120)
         time.sleep(1)
         self.wait_sync(name, ctx, 5, f"reshaping onto {target.id}")
-        array = Array(**{**array.to_dict(), "disks": tuple([*array.disks, target.id])})
-        self.store.put(ARRAYS + name, array.to_dict())
+        array = Array.from_dict(self.store.update(ARRAYS + name, lambda record: {
+            **record, "disks": [*record["disks"], target.id]}).value)
         for pool in list_pools(self.store):
             if pool.array == name and self.storage.mounted(pool.name):
                 self.runner.run(["btrfs", "filesystem", "resize", "max", self.storage.path(pool.name)], timeout=120)

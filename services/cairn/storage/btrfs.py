@@ -455,10 +455,19 @@ def snapshot(runner, source: str, dest: str, readonly: bool = True) -> None:
     _run(runner, snapshot_argv(source, dest, readonly), SLOW)
 
 
-def subvolume_list(runner, mountpoint: str) -> list[Subvolume]:
-    everything = _run(runner, subvolume_list_argv(mountpoint)).stdout
-    readonly = _run(runner, subvolume_list_argv(mountpoint, readonly_only=True)).stdout
-    return parse_subvolume_list(everything, readonly)
+def subvolume_list(runner, mountpoint: str, attempts: int = 3) -> list[Subvolume]:
+    """Every subvolume with its read-only flag. The flags come from a second run (-r): when a
+    snapshot was deleted between the two (its id only in the second), both run again; after
+    `attempts` such tries, ids missing from the full list are ignored."""
+    for attempt in range(attempts):
+        everything = _run(runner, subvolume_list_argv(mountpoint)).stdout
+        readonly = _run(runner, subvolume_list_argv(mountpoint, readonly_only=True)).stdout
+        try:
+            return parse_subvolume_list(everything, readonly, strict=attempt < attempts - 1)
+        except CairnError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def set_readonly(runner, path: str, readonly: bool) -> None:

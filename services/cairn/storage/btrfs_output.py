@@ -176,9 +176,9 @@ def parse_mkfs_uuid(text: str) -> str | None:
     return match.group(1).lower() if match else None
 
 
-_SHOW_HEADER = re.compile(r"^Label:\s+(?:'(?P<label>.*)'|none)\s+uuid:\s+(?P<uuid>[0-9a-fA-F-]{36})\s*$")
-_SHOW_TOTAL = re.compile(r"^\s*Total devices\s+(\d+)\s+FS bytes used\s+(\S+)\s*$")
-_SHOW_DEVICE = re.compile(r"^\s*devid\s+(\d+)\s+size\s+(\S+)\s+used\s+(\S+)\s+path(.*)$")
+_SHOW_HEADER = re.compile(r"^Label:\s+(?:'(?P<label>.*)'|none)\s+uuid:\s+(?P<uuid>[0-9a-fA-F-]{36})\s*\Z")
+_SHOW_TOTAL = re.compile(r"^\s*Total devices\s+(\d+)\s+FS bytes used\s+(\S+)\s*\Z")
+_SHOW_DEVICE = re.compile(r"^\s*devid\s+(\d+)\s+size\s+(\S+)\s+used\s+(\S+)\s+path(.*)\Z")
 _MISSING_MARKS = ("***MISSING***", "MISSING", "<missing disk>")
 
 
@@ -211,7 +211,7 @@ def parse_show(text: str) -> Filesystem:
                       missing_devices=missing)
 
 
-_DEVICE_HEADER = re.compile(r"^(?P<path>\S.*), ID: (?P<devid>\d+)\s*$")
+_DEVICE_HEADER = re.compile(r"^(?P<path>\S.*), ID: (?P<devid>\d+)\s*\Z")
 _CHUNK_KINDS = ("data", "metadata", "system", "data+metadata")
 
 
@@ -387,11 +387,13 @@ def _subvolume_rows(text: str, command: str) -> dict[int, dict[str, str]]:
     return rows
 
 
-def parse_subvolume_list(text: str, readonly_text: str = "") -> list[Subvolume]:
-    """`btrfs subvolume list -u -q`, read-only flags from the same list run with -r."""
+def parse_subvolume_list(text: str, readonly_text: str = "", strict: bool = True) -> list[Subvolume]:
+    """`btrfs subvolume list -u -q`, read-only flags from the same list run with -r. The two runs
+    are not atomic: a subvolume deleted between them is in the second only. `strict` refuses
+    that (the caller runs both again); otherwise such ids are ignored."""
     command = "btrfs subvolume list"
     rows, readonly = _subvolume_rows(text, command), set(_subvolume_rows(readonly_text, command))
-    if readonly - set(rows):
+    if strict and readonly - set(rows):
         raise _unparseable(command, f"read-only ids {sorted(readonly - set(rows))} not in the list",
                            readonly_text)
     return [Subvolume(id=subvolume_id, path=row["path"],

@@ -36,10 +36,25 @@ def _disk_list(value: Any, problems: dict[str, str], field: str = "disks") -> li
     return list(value)
 
 
+REFERENCE_KINDS = {"pool": "pool name", "volume": "volume name", "array": "array name", "name": "name"}
+
+
 def _string(params: dict[str, Any], key: str, problems: dict[str, str]) -> str:
+    """A required reference: a pool, volume, array or snapshot name checked as such (so a name
+    with a newline never reaches a command), a disk id as printable text."""
     value = params.get(key)
     if not isinstance(value, str) or not value:
         problems[key] = "required"
+        return ""
+    if key in REFERENCE_KINDS:
+        return model.check_name(value, key, problems, REFERENCE_KINDS[key])
+    if key == "snapshot":
+        if not model.SNAPSHOT_NAME.fullmatch(value):
+            problems[key] = "snapshot name must be 1-64 of letters, digits, '.', '-' and '_'"
+            return ""
+        return value
+    if not value.isprintable() or len(value) > 256:
+        problems[key] = "must be printable text of at most 256 characters"
         return ""
     return value
 

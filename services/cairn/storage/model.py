@@ -28,8 +28,8 @@ from typing import Any
 
 from cairn.errors import ValidationError
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 RESERVED_VOLUMES = {"vms", "snapshots", "lost+found"}
 SNAPSHOT_DIR = ".snapshots"
 
@@ -45,7 +45,7 @@ METADATA_PROFILES = ("dup", "single", "raid1", "raid1c3", "raid1c4")
 COMPRESSION = ("none", "zstd", "lzo", "zlib")
 AUTO_PREFIX = "auto-"
 STAMP = "%Y%m%dT%H%M%SZ"
-SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]?)(i?B?)?$", re.IGNORECASE)
+SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]?)(i?B?)?", re.IGNORECASE)
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
 
@@ -108,7 +108,7 @@ class Volume:
 
 # --- validation (pure) ------------------------------------------------------------------------
 def check_name(value: Any, field_name: str, problems: dict[str, str], what: str = "name") -> str:
-    if not isinstance(value, str) or not NAME.match(value):
+    if not isinstance(value, str) or not NAME.fullmatch(value):
         problems[field_name] = f"{what} must be 1-32 of a-z, 0-9, '-' and '_', starting with a letter or digit"
         return ""
     return value
@@ -198,7 +198,7 @@ def check_schedule(value: Any, problems: dict[str, str]) -> Schedule | None:
 def check_snapshot_name(value: Any, problems: dict[str, str]) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not SNAPSHOT_NAME.match(value) or value.startswith(AUTO_PREFIX):
+    if not isinstance(value, str) or not SNAPSHOT_NAME.fullmatch(value) or value.startswith(AUTO_PREFIX):
         problems["name"] = ("snapshot name must be 1-64 of letters, digits, '.', '-' and '_', "
                             f"and not start with {AUTO_PREFIX!r} (used by schedules)")
         return None
@@ -208,7 +208,7 @@ def check_snapshot_name(value: Any, problems: dict[str, str]) -> str | None:
 def parse_size(text: str) -> int:
     """'10G', '512M', '1.5T', '1048576' → bytes (binary units, as disks are sized in the console).
     Raises ValueError naming the text when it is not a size."""
-    match = SIZE.match(text.strip())
+    match = SIZE.fullmatch(text.strip())
     if not match:
         raise ValueError(f"not a size: {text!r} (use e.g. 500M, 10G, 2T)")
     return int(float(match.group(1)) * SIZE_UNITS[match.group(2).upper()])

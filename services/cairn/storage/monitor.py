@@ -77,8 +77,9 @@ class StorageMonitor:
                     events.emit(self.store, severity="critical", node=self.node, source=f"array:{array.name}",
                                 message=message, clock=self.clock)
                     raised.append(("critical", message))
-                self.store.put(ARRAY_STATUS + array.name, {"health": "missing", "state": "not assembled",
-                                                           "node": self.node, "observed_at": self.clock()})
+                self.store.put_if_changed(ARRAY_STATUS + array.name,
+                                          {"health": "missing", "state": "not assembled", "node": self.node},
+                                          stamp={"observed_at": self.clock()})
                 continue
             status = handler.publish(array.name)
             if status["health"] != (old or {}).get("health"):
@@ -133,8 +134,8 @@ class StorageMonitor:
             previous = self.store.get(key)
             old = smart.SmartReport.from_dict(previous["report"]) if previous else None
             verdict, reasons = smart.assess(report)
-            self.store.put(key, {"report": report.to_dict(), "verdict": verdict, "reasons": reasons,
-                                 "at": self.clock()})
+            self.store.put_if_changed(key, {"report": report.to_dict(), "verdict": verdict, "reasons": reasons},
+                                      stamp={"at": self.clock()})
             for change in smart.degradations(old, report):
                 message = f"disk {disk.id} on {self.node}: {change}"
                 events.emit(self.store, severity="critical" if verdict == "failing" else "warning",

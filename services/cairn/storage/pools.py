@@ -163,8 +163,7 @@ class Storage:
             uuid = btrfs.mkfs(self.runner, [d.path for d in chosen], pool.data_profile,
                               pool.metadata_profile, f"cairn-{pool.name}")
             done.append(f"btrfs made on {', '.join(d.id for d in chosen)}")
-            pool = model.Pool(**{**pool.to_dict(), "uuid": uuid})
-            self.store.put(POOLS + pool.name, pool.to_dict())
+            pool = self.update_pool(pool.name, lambda record: {**record, "uuid": uuid})
             progress(60, "mounting")
             self.mount(pool)
             done.append(f"mounted at {self.path(pool.name)}")
@@ -175,8 +174,7 @@ class Storage:
             self._revert_create(pool, chosen)
             raise ExecutionError(f"creating pool {pool.name} failed and was undone: {error.message}",
                                  done=done) from error
-        pool = model.Pool(**{**pool.to_dict(), "state": "online"})
-        self.store.put(POOLS + pool.name, pool.to_dict())
+        pool = self.update_pool(pool.name, lambda record: {**record, "state": "online"})
         progress(90, "reading status")
         self.publish_status(pool)
         return pool
@@ -215,8 +213,7 @@ class Storage:
         else:
             found = {d.id: d for d in self.inventory()}
             devices = [found[d].path for d in pool.disks if d in found]
-        pool = model.Pool(**{**pool.to_dict(), "state": "destroying"})
-        self.store.put(POOLS + name, pool.to_dict())
+        pool = self.update_pool(name, lambda record: {**record, "state": "destroying"})
         progress(30, "unmounting")
         if self.mounted(name):
             btrfs.umount(self.runner, self.path(name))
@@ -244,8 +241,8 @@ class Storage:
         chosen = self.free_disks(disk_ids)
         for disk in chosen:
             btrfs.device_add(self.runner, self.path(name), disk.path)
-            pool = model.Pool(**{**pool.to_dict(), "disks": tuple([*pool.disks, disk.id])})
-            self.store.put(POOLS + name, pool.to_dict())
+            pool = self.update_pool(name, lambda record, added=disk.id: {
+                **record, "disks": [*record["disks"], added]})
             report(ctx, 10, f"added {disk.id}")
         if balance:
             self.run_balance(pool, ctx, start=20)
@@ -286,10 +283,14 @@ class Storage:
         fs_after = btrfs.show(self.runner, self.path(name))
         paths = {d.path for d in fs_after.devices}
         present = [d.id for d in self.inventory() if d.path in paths]
-        pool = model.Pool(**{**pool.to_dict(), "disks": tuple(present)})
-        self.store.put(POOLS + name, pool.to_dict())
+        pool = self.update_pool(name, lambda record: {**record, "disks": present})
         self.publish_status(pool)
         return pool
+
+    def update_pool(self, name: str, change) -> model.Pool:
+        """Change pools/<name> by compare-and-swap: `change` gets the current record (never a copy
+        read before a long step), so a setting changed meanwhile (a schedule, say) is kept."""
+        return model.Pool.from_dict(self.store.update(POOLS + name, change).value)
 
     def require_mounted(self, pool: model.Pool) -> None:
         if not self.mounted(pool.name):
@@ -377,9 +378,8 @@ class Storage:
         volume = get_volume(self.store, pool_name, name)
         self.require_mounted(self.owned_pool(pool_name))
         btrfs.qgroup_limit(self.runner, self.volume_path(pool_name, name), quota)
-        volume = model.Volume(**{**asdict(volume), "quota_bytes": quota})
-        self.store.put(f"{VOLUMES}{pool_name}/{name}", volume.to_dict())
-        return volume
+        entry = self.store.update(f"{VOLUMES}{pool_name}/{name}", lambda record: {**record, "quota_bytes": quota})
+        return model.Volume.from_dict(entry.value)
 
     def delete_volume(self, pool_name: str, name: str) -> None:
         get_volume(self.store, pool_name, name)
@@ -489,7 +489,7 @@ class Storage:
     # --- observation ------------------------------------------------------------------------
     def observe(self, pool: model.Pool) -> dict[str, Any]:
         """What the pool looks like now (for pool-status/<pool>)."""
-        status: dict[str, Any] = {"node": self.node, "observed_at": self.clock(), "path": self.path(pool.name),
+        status: dict[str, Any] = {"node": self.node, "path": self.path(pool.name),
                                   "mounted": self.mounted(pool.name)}
         if not status["mounted"]:
             status["health"] = "unmounted"
@@ -554,9 +554,12 @@ class Storage:
         return volumes, vms
 
     def publish_status(self, pool: model.Pool) -> dict[str, Any]:
+        """Observe the pool and write pool-status/<pool> when it changed since this process last
+        wrote it (observed_at says when this picture was first seen)."""
         status = self.observe(pool)
-        self.store.put(POOL_STATUS + pool.name, status)
-        return status
+        stamp = {"observed_at": self.clock()}
+        self.store.put_if_changed(POOL_STATUS + pool.name, status, stamp=stamp)
+        return {**status, **stamp}
 
 
 def report(ctx, percent: int, text: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from cairn.errors import CommandFailed
 
 LEVELS = {"raid0": 2, "raid1": 2, "raid5": 3, "raid6": 4, "raid10": 4}      # fewest disks each
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 MDADM_CONF = "/etc/mdadm/mdadm.conf"
 
 
@@ -135,7 +135,7 @@ class ArrayDetail:
 
 _SIZE = re.compile(r"^(\d+)")
 _STATUS = re.compile(r"^(Rebuild|Resync|Reshape|Check|Recovery) Status\s*:\s*([\d.]+)%", re.IGNORECASE)
-_ROW = re.compile(r"^\s*(\d+|-)\s+(\d+|-)\s+(\d+|-)\s+(\d+|-)\s+(.*?)\s*(/dev/\S+)?\s*$")
+_ROW = re.compile(r"^\s*(\d+|-)\s+(\d+|-)\s+(\d+|-)\s+(\d+|-)\s+(.*?)\s*(/dev/\S+)?\s*\Z")
 
 
 def parse_detail(text: str) -> ArrayDetail:

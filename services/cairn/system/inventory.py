@@ -1,4 +1,4 @@
-"""Basic node inventory: hostname, CPUs, memory, uptime, kernel, boot id.
+"""Basic node inventory: hostname, CPUs, memory, uptime and boot time, kernel, boot id.
 
 Parsers are pure functions of file text (tested on captured /proc files); `read_inventory` is the
 only part that reads the machine, through an injectable root so tests can point it elsewhere.
@@ -20,12 +20,20 @@ class Inventory:
     memory_total: int        # bytes
     memory_available: int    # bytes
     uptime: float            # seconds
+    booted_at: float         # Unix time of the boot (/proc/stat btime): fixed for the whole boot
     kernel: str
     boot_id: str
     load_1m: float
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def to_record(self) -> dict:
+        """What a node publishes: without the uptime, which changes every second (readers
+        compute it from booted_at)."""
+        data = asdict(self)
+        del data["uptime"]
+        return data
 
 
 def parse_meminfo(text: str) -> dict[str, int]:
@@ -59,6 +67,14 @@ def parse_uptime(text: str) -> float:
     return float(text.split()[0])
 
 
+def parse_btime(text: str) -> float:
+    """Boot time (Unix seconds) from /proc/stat."""
+    for line in text.splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    raise ValueError("/proc/stat has no btime line")
+
+
 def parse_loadavg(text: str) -> float:
     return float(text.split()[0])
 
@@ -73,6 +89,7 @@ def read_inventory(proc: Path = Path("/proc")) -> Inventory:
         memory_total=meminfo.get("MemTotal", 0),
         memory_available=meminfo.get("MemAvailable", meminfo.get("MemFree", 0)),
         uptime=parse_uptime((proc / "uptime").read_text()),
+        booted_at=parse_btime((proc / "stat").read_text()),
         kernel=(proc / "sys/kernel/osrelease").read_text().strip(),
         boot_id=(proc / "sys/kernel/random/boot_id").read_text().strip(),
         load_1m=parse_loadavg((proc / "loadavg").read_text()),

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any, Iterator
+from typing import Any
 
 from apiflask import APIBlueprint
-from flask import Response, request, session, stream_with_context
+from flask import Response, request, session
 
 from cairn import __version__
-from cairn.cluster import events, nodes
-from cairn.errors import CairnError, NotFound, Unavailable, ValidationError
+from cairn.cluster import events, history, nodes
+from cairn.errors import NotFound, Unavailable, ValidationError
 from cairn.jobs.model import summary
-from cairn.web import schemas
+from cairn.web import schemas, streams
 from cairn.web.app import services
 
 bp = APIBlueprint("api", __name__, tag="Cairn")
 
-SSE_MAX_SECONDS = 300     # the browser reconnects by itself; keeps worker threads from piling up
+SSE_MAX_SECONDS = 300     # then the client reconnects (with its Last-Event-ID), and its credentials are checked again
+# One message of the event stream (OpenAPI before 3.2 gives an event stream's schema per event).
+SSE_EVENT = {"type": "object", "required": ["event", "data"], "properties": {
+    "event": {"type": "string", "enum": ["job", "event", "node", "reload"],
+              "description": "What changed: a job, a cluster event, a node; reload: re-read the state"},
+    "data": {"type": "string", "description": "JSON: the job's summary, the event, the node, or {reason, revision}"},
+    "id": {"type": "string", "description": "The store revision of the change (Last-Event-ID on reconnect)"}}}
 
 
 def client_address() -> str:
@@ -37,6 +42,15 @@ def health():
     except Unavailable:
         return ({"status": "degraded", "store": "unreachable", "node": svc["cfg"].node_name,
                  "version": __version__}, 503)
+
+
+@bp.get("/store")
+@bp.output(schemas.StoreHealthOut)
+@bp.doc(summary="The cluster store: database size against its quota, alarms, and a warning before "
+                "the quota is near", security=["token", "session"],
+        responses={200: "The store's health", 503: "The cluster store is unreachable"})
+def store_health():
+    return history.store_health(services()["store"])
 
 
 @bp.post("/auth/login")
@@ -97,10 +111,13 @@ def start_diagnostics(name: str, body: dict[str, Any]):
 @bp.get("/jobs")
 @bp.input(schemas.JobQuery, location="query", arg_name="query")
 @bp.output(schemas.JobListOut)
-@bp.doc(summary="Jobs, newest first", security=["token", "session"])
+@bp.doc(summary="Jobs, newest first, a page at a time (pass `next` back as `continue`)",
+        responses={200: "A page of jobs", 400: "A filter or the continue token is not valid"},
+        security=["token", "session"])
 def list_jobs(query: dict[str, Any]):
-    jobs = services()["jobs"].list(state=query.get("state"), node=query.get("node"), limit=query["limit"])
-    return {"jobs": [summary(job) for job in jobs]}
+    page = services()["jobs"].page(state=query.get("state"), node=query.get("node"), limit=query["limit"],
+                                   after=query.get("continue_"))
+    return {"jobs": [summary(job) for job in page.jobs], "next": page.next}
 
 
 @bp.get("/jobs/<job_id>")
@@ -129,45 +146,18 @@ def list_events():
 @bp.get("/events/stream")
 @bp.doc(summary="Server-Sent Events: job progress ('job'), cluster events ('event') and node "
                 "heartbeats ('node') as they happen",
-        responses={200: {"description": "text/event-stream",
-                         "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+        description="Each message's id is the store revision of its change. On reconnect, a client "
+                    "sends the last id it got (header Last-Event-ID; browsers' EventSource does so by "
+                    "itself) and gets exactly the messages it missed. A position older than what the "
+                    "server keeps gets a 'reload' event instead: re-read the state, then the stream "
+                    "goes on from now. The stream ends after a few minutes; reconnect to go on.",
+        responses={200: {"description": "text/event-stream; the schema is that of one event",
+                         "content": {"text/event-stream": {"schema": SSE_EVENT}}}},
         security=["token", "session"])
 @bp.input(schemas.StreamQuery, location="query", arg_name="query")
 def event_stream(query: dict[str, Any]):
-    store = services()["store"]
-    start = (query["since"] if query.get("since") else store.revision()) + 1
-
-    def generate() -> Iterator[str]:
-        yield "retry: 2000\n\n"
-        deadline = time.monotonic() + SSE_MAX_SECONDS
-        try:
-            for event in store.watch("", start, idle_timeout=15.0):
-                if time.monotonic() > deadline:
-                    return
-                if event is None:
-                    yield ": keep-alive\n\n"
-                    continue
-                message = sse_message(event.key, event.value)
-                if message:
-                    yield message
-        except CairnError:
-            yield "event: error\ndata: {\"message\": \"the cluster store is unreachable\"}\n\n"
-
-    return Response(stream_with_context(generate()), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-def sse_message(key: str, value: Any) -> str | None:
-    """One SSE message for a store change, or None for changes clients don't follow (pure)."""
-    if value is None:
-        return None
-    if key.startswith("jobs/"):
-        data = dict(value)
-        log = data.pop("log", [])
-        data["last_log"] = log[-1]["message"] if log else None
-        return f"event: job\ndata: {json.dumps(data)}\n\n"
-    if key.startswith("events/"):
-        return f"event: event\ndata: {json.dumps(value)}\n\n"
-    if key.startswith("nodes/"):
-        return f"event: node\ndata: {json.dumps(value)}\n\n"
-    return None
+    position = streams.start_position(request.headers.get("Last-Event-ID"), query.get("since"))
+    hub = services()["hub"]
+    hub.start(position)
+    return Response(hub.follow(position, until=time.monotonic() + SSE_MAX_SECONDS),
+                    mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

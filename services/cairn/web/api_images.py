@@ -2,10 +2,15 @@
 Thin: ImageService (cairn.compute.image_service) checks, streams and records.
 
 The upload is PUT /images/<pool>/<name> with the file as the raw body (Content-Type:
-application/octet-stream, Content-Length required). The app's JSON body check lets this one
-endpoint through (app.STREAMED_ENDPOINTS) so the body is read here, in chunks, from request.stream:
-ISOs are gigabytes. Only the node that has the pool takes the upload; another node answers 409
-naming it."""
+application/octet-stream, Content-Length required). The app's gate checks credentials first, from
+the headers; then its JSON body check lets this one endpoint through (guards.STREAMED_ENDPOINTS),
+with a cap of guards.UPLOAD_CAP instead of the small one and no overall deadline (only the idle
+limit per read), so the body is read here, in chunks, from request.stream: ISOs are gigabytes. Only
+the node that has the pool takes the upload; another node answers 409 naming it.
+
+Known limit under the gevent worker: ImageService's disk writes and its final fsync run on the
+worker's event loop, so while one blocks (a slow disk, a large fsync) that worker's other
+connections wait; handing them to a thread is ImageService's to do."""
 
 from __future__ import annotations
 
@@ -18,16 +23,25 @@ from cairn.compute.image_service import ImageService
 from cairn.errors import ValidationError
 from cairn.runner import Runner
 from cairn.web import schemas, schemas_images as si
-from cairn.web.app import services
+from cairn.web.app import API_PREFIX, off_the_loop, services
 
 bp = APIBlueprint("images", __name__, tag="Images")
 SECURITY = ["token", "session"]
 UPLOAD_TYPE = "application/octet-stream"
 
 
+def document_upload_body(spec: dict[str, Any]) -> dict[str, Any]:
+    """The upload's body in the OpenAPI document (APIFlask describes JSON and form bodies only)."""
+    spec["paths"][f"{API_PREFIX}/images/{{pool}}/{{name}}"]["put"]["requestBody"] = {
+        "required": True, "description": "The file's bytes, with its Content-Length",
+        "content": {UPLOAD_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
+    return spec
+
+
 def svc() -> ImageService:
     cfg = services()["cfg"]
-    return ImageService(services()["store"], Runner(), cfg.node_name, cfg.storage)
+    return ImageService(services()["store"], Runner(), cfg.node_name, cfg.storage,
+                        blocking=lambda function, *args: off_the_loop(function)(*args))
 
 
 @bp.get("/images")

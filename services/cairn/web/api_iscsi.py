@@ -46,7 +46,8 @@ def get_target(name: str):
 @bp.input(schemas.IscsiTargetPatchIn, arg_name="body")
 @bp.output(schemas.IscsiTargetOut)
 @bp.doc(summary="Change a target's description, initiators or CHAP (name, IQN, pool and volume stay)",
-        security=SECURITY)
+        security=SECURITY, responses={400: "Bad input, every field named", 404: "No such target",
+                                      409: "The target changed meanwhile; try again"})
 def patch_target(name: str, body: dict[str, Any]):
     return svc().update_target(name, body)
 
@@ -54,7 +55,9 @@ def patch_target(name: str, body: dict[str, Any]):
 @bp.delete("/iscsi-targets/<name>")
 @bp.input(schemas.ConfirmQuery, location="query", arg_name="query")
 @bp.output(schemas.MessageOut)
-@bp.doc(summary="Delete a target and its LUNs' data (with LUNs it needs ?confirm=<name>)", security=SECURITY)
+@bp.doc(summary="Delete a target and its LUNs' data (with LUNs it needs ?confirm=<name>)", security=SECURITY,
+        responses={200: "Deleted", 400: "confirm is missing or does not repeat the name", 404: "No such target",
+                   409: "The target changed meanwhile; nothing was deleted, try again"})
 def delete_target(name: str, query: dict[str, Any]):
     svc().delete_target(name, query.get("confirm"))
     return {"message": f"iSCSI target {name} deleted"}
@@ -72,7 +75,9 @@ def add_lun(name: str, body: dict[str, Any]):
 @bp.patch("/iscsi-targets/<name>/luns/<lun>")
 @bp.input(schemas.IscsiLunGrowIn, arg_name="body")
 @bp.output(schemas.IscsiLunOut)
-@bp.doc(summary="Grow a LUN (shrinking is refused: it would cut off data)", security=SECURITY)
+@bp.doc(summary="Grow a LUN (shrinking is refused: it would cut off data)", security=SECURITY,
+        responses={400: "Bad size, or smaller than now", 404: "No such target or LUN",
+                   409: "The target changed meanwhile; try again"})
 def grow_lun(name: str, lun: str, body: dict[str, Any]):
     return svc().grow_lun(name, lun, body)
 
@@ -80,7 +85,9 @@ def grow_lun(name: str, lun: str, body: dict[str, Any]):
 @bp.delete("/iscsi-targets/<name>/luns/<lun>")
 @bp.input(schemas.LunConfirmQuery, location="query", arg_name="query")
 @bp.output(schemas.MessageOut)
-@bp.doc(summary="Delete a LUN and its data (needs ?confirm=<lun number>)", security=SECURITY)
+@bp.doc(summary="Delete a LUN and its data (needs ?confirm=<lun number>)", security=SECURITY,
+        responses={200: "Deleted", 400: "confirm is missing or does not repeat the LUN number",
+                   404: "No such target or LUN", 409: "The target changed meanwhile; try again"})
 def delete_lun(name: str, lun: str, query: dict[str, Any]):
     svc().delete_lun(name, lun, query.get("confirm"))
     return {"message": f"LUN {lun} of iSCSI target {name} deleted"}

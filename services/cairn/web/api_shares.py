@@ -45,14 +45,17 @@ def get_user(name: str):
 @bp.patch("/file-users/<name>")
 @bp.input(schemas.FileUserPatchIn, arg_name="body")
 @bp.output(schemas.FileUserOut)
-@bp.doc(summary="Change a user's full name, groups, password or disabled flag", security=SECURITY)
+@bp.doc(summary="Change a user's full name, groups, password or disabled flag", security=SECURITY,
+        responses={400: "Bad input, every field named", 404: "No such user",
+                   409: "The user changed meanwhile; try again"})
 def patch_user(name: str, body: dict[str, Any]):
     return svc().update_user(name, body)
 
 
 @bp.delete("/file-users/<name>")
 @bp.output(schemas.MessageOut)
-@bp.doc(summary="Delete a user (refused while shares name it)", security=SECURITY)
+@bp.doc(summary="Delete a user (refused while shares name it)", security=SECURITY,
+        responses={200: "Deleted", 404: "No such user", 409: "Shares name the user (the message names them)"})
 def delete_user(name: str):
     svc().delete_user(name)
     return {"message": f"user {name} deleted"}
@@ -68,14 +71,17 @@ def list_groups():
 @bp.post("/file-groups")
 @bp.input(schemas.FileGroupIn, arg_name="body")
 @bp.output(schemas.FileGroupOut, status_code=201)
-@bp.doc(summary="Create a file-access group", security=SECURITY)
+@bp.doc(summary="Create a file-access group", security=SECURITY,
+        responses={201: "Created", 400: "Bad input, every field named", 409: "Name or id taken"})
 def create_group(body: dict[str, Any]):
     return svc().create_group(body)
 
 
 @bp.delete("/file-groups/<name>")
 @bp.output(schemas.MessageOut)
-@bp.doc(summary="Delete a group (refused while users are in it or shares name it)", security=SECURITY)
+@bp.doc(summary="Delete a group (refused while users are in it or shares name it)", security=SECURITY,
+        responses={200: "Deleted", 404: "No such group",
+                   409: "Users are in the group or shares name it (the message names them)"})
 def delete_group(name: str):
     svc().delete_group(name)
     return {"message": f"group {name} deleted"}
@@ -109,7 +115,9 @@ def get_share(name: str):
 @bp.patch("/shares/<name>")
 @bp.input(schemas.SharePatchIn, arg_name="body")
 @bp.output(schemas.ShareOut)
-@bp.doc(summary="Change a share's settings or permissions", security=SECURITY)
+@bp.doc(summary="Change a share's settings or permissions", security=SECURITY,
+        responses={400: "Bad input, every field named", 404: "No such share",
+                   409: "The share changed meanwhile; try again"})
 def patch_share(name: str, body: dict[str, Any]):
     return svc().update_share(name, body)
 
@@ -134,6 +142,8 @@ def export_config():
 @bp.input(schemas.SharesConfigDoc, arg_name="body")
 @bp.output(schemas.SharesImportOut)
 @bp.doc(summary="Import an exported document: all of it or nothing (every problem reported at once)",
-        security=SECURITY)
+        security=SECURITY, responses={400: "A record is bad or clashes with what exists, every problem named",
+                                      409: "Users, groups, shares or targets changed while importing; "
+                                           "nothing was imported, try again"})
 def import_config(body: dict[str, Any]):
     return svc().import_config(body)

@@ -79,7 +79,9 @@ def get_one_pool(name: str):
 @bp.patch("/pools/<name>")
 @bp.input(schemas.PoolPatchIn, arg_name="body")
 @bp.output(schemas.PoolOut)
-@bp.doc(summary="Change pool settings (scrub and balance schedules)", security=SECURITY)
+@bp.doc(summary="Change pool settings (scrub and balance schedules)", security=SECURITY,
+        responses={400: "Bad input, every field named", 404: "No such pool",
+                   409: "The pool changed meanwhile; try again"})
 def patch_pool(name: str, body: dict[str, Any]):
     return svc().set_schedules(name, body)
 
@@ -87,7 +89,9 @@ def patch_pool(name: str, body: dict[str, Any]):
 @bp.delete("/pools/<name>")
 @bp.input(schemas.ConfirmQuery, location="query", arg_name="query")
 @bp.output(schemas.JobOut, status_code=202)
-@bp.doc(summary="Destroy a pool and everything on it (needs ?confirm=<name>)", security=SECURITY)
+@bp.doc(summary="Destroy a pool and everything on it (needs ?confirm=<name>)", security=SECURITY,
+        responses={202: "Job queued", 400: "confirm is missing or does not repeat the name", 404: "No such pool",
+                   409: "Shares, iSCSI targets, images or VMs still use the pool (the message names them)"})
 def destroy_pool(name: str, query: dict[str, Any]):
     return svc().destroy_pool(name, query.get("confirm"))
 
@@ -95,7 +99,9 @@ def destroy_pool(name: str, query: dict[str, Any]):
 @bp.post("/pools/<name>/disks")
 @bp.input(schemas.PoolExpandIn, arg_name="body")
 @bp.output(schemas.JobOut, status_code=202)
-@bp.doc(summary="Add free disks to a pool and rebalance (a job)", security=SECURITY)
+@bp.doc(summary="Add free disks to a pool and rebalance (a job)", security=SECURITY,
+        responses={202: "Job queued", 400: "A disk is not on the pool's node", 404: "No such pool",
+                   409: "A disk is not free, or the pool sits on an md array"})
 def expand_pool(name: str, body: dict[str, Any]):
     return svc().expand_pool(name, body["disks"], body["balance"])
 
@@ -103,7 +109,9 @@ def expand_pool(name: str, body: dict[str, Any]):
 @bp.post("/pools/<name>/replace")
 @bp.input(schemas.PoolReplaceIn, arg_name="body")
 @bp.output(schemas.JobOut, status_code=202)
-@bp.doc(summary="Replace a pool disk (present or missing) by a free disk (a job)", security=SECURITY)
+@bp.doc(summary="Replace a pool disk (present or missing) by a free disk (a job)", security=SECURITY,
+        responses={202: "Job queued", 400: "The old disk is not in the pool, or the new one not on its node",
+                   404: "No such pool", 409: "The new disk is not free"})
 def replace_pool_disk(name: str, body: dict[str, Any]):
     return svc().replace_disk(name, body["old"], body["new"])
 
@@ -134,7 +142,8 @@ def list_pool_volumes(name: str):
 @bp.input(schemas.VolumeCreateIn, arg_name="body")
 @bp.output(schemas.JobOut, status_code=202)
 @bp.doc(summary="Create a volume (btrfs subvolume) with an optional quota and snapshot schedule (a job)",
-        security=SECURITY)
+        security=SECURITY, responses={202: "Job queued", 400: "Bad input, every field named", 404: "No such pool",
+                                      409: "The name is taken"})
 def create_volume(name: str, body: dict[str, Any]):
     return svc().create_volume(name, body)
 
@@ -149,7 +158,9 @@ def get_one_volume(name: str, volume: str):
 @bp.patch("/pools/<name>/volumes/<volume>")
 @bp.input(schemas.VolumePatchIn, arg_name="body")
 @bp.output(schemas.VolumePatchOut)
-@bp.doc(summary="Change a volume's quota (a job) and/or snapshot schedule", security=SECURITY)
+@bp.doc(summary="Change a volume's quota (a job) and/or snapshot schedule", security=SECURITY,
+        responses={400: "Bad input, every field named", 404: "No such pool or volume",
+                   409: "The volume changed meanwhile; try again"})
 def patch_volume(name: str, volume: str, body: dict[str, Any]):
     return svc().patch_volume(name, volume, body)
 
@@ -157,7 +168,9 @@ def patch_volume(name: str, volume: str, body: dict[str, Any]):
 @bp.delete("/pools/<name>/volumes/<volume>")
 @bp.input(schemas.ConfirmQuery, location="query", arg_name="query")
 @bp.output(schemas.JobOut, status_code=202)
-@bp.doc(summary="Delete a volume and its snapshots (needs ?confirm=<volume>)", security=SECURITY)
+@bp.doc(summary="Delete a volume and its snapshots (needs ?confirm=<volume>)", security=SECURITY,
+        responses={202: "Job queued", 400: "confirm is missing or does not repeat the name",
+                   404: "No such pool or volume", 409: "Shares or iSCSI targets use the volume (the message names them)"})
 def delete_volume(name: str, volume: str, query: dict[str, Any]):
     return svc().delete_volume(name, volume, query.get("confirm"))
 
@@ -198,7 +211,9 @@ def rollback_snapshot(name: str, volume: str, snapshot: str, body: dict[str, Any
 @bp.post("/pools/<name>/volumes/<volume>/snapshots/<snapshot>/clone")
 @bp.input(schemas.CloneIn, arg_name="body")
 @bp.output(schemas.JobOut, status_code=202)
-@bp.doc(summary="Clone the snapshot as a new writable volume (a job)", security=SECURITY)
+@bp.doc(summary="Clone the snapshot as a new writable volume (a job)", security=SECURITY,
+        responses={202: "Job queued", 400: "Bad name", 404: "No such pool, volume or snapshot",
+                   409: "The name is taken"})
 def clone_snapshot(name: str, volume: str, snapshot: str, body: dict[str, Any]):
     return svc().clone(name, volume, snapshot, body["name"])
 
@@ -214,7 +229,7 @@ def list_arrays():
 @bp.input(schemas.ArrayCreateIn, arg_name="body")
 @bp.output(schemas.JobOut, status_code=202)
 @bp.doc(summary="Create an md RAID array from free disks of one node (a job)", security=SECURITY,
-        responses={202: "Job queued", 400: "Bad input (level, disk count, unknown disk)",
+        responses={202: "Job queued", 400: "Bad input (level, disk count, unknown disk)", 404: "No such node",
                    409: "A disk is not free, or the name is taken"})
 def create_array(body: dict[str, Any]):
     return svc().create_array(body)
@@ -238,7 +253,9 @@ def fail_array_disk(name: str, body: dict[str, Any]):
 @bp.post("/arrays/<name>/replace")
 @bp.input(schemas.ArrayReplaceIn, arg_name="body")
 @bp.output(schemas.JobOut, status_code=202)
-@bp.doc(summary="Replace a member by a free disk and rebuild (a job with progress)", security=SECURITY)
+@bp.doc(summary="Replace a member by a free disk and rebuild (a job with progress)", security=SECURITY,
+        responses={202: "Job queued", 400: "The old disk is no member, or the new one not on the array's node",
+                   404: "No such array", 409: "The new disk is not free"})
 def replace_array_disk(name: str, body: dict[str, Any]):
     return svc().replace_array_disk(name, body["old"], body["new"])
 
@@ -247,7 +264,8 @@ def replace_array_disk(name: str, body: dict[str, Any]):
 @bp.input(schemas.ArrayDiskIn, arg_name="body")
 @bp.output(schemas.JobOut, status_code=202)
 @bp.doc(summary="Grow the array by a free disk as an active member (not a spare); reshape is a job",
-        security=SECURITY)
+        security=SECURITY, responses={202: "Job queued", 400: "The disk is not on the array's node",
+                                      404: "No such array", 409: "The disk is not free"})
 def grow_array(name: str, body: dict[str, Any]):
     return svc().array_member_job(name, "raid.grow", body["disk"])
 
@@ -255,6 +273,8 @@ def grow_array(name: str, body: dict[str, Any]):
 @bp.delete("/arrays/<name>")
 @bp.input(schemas.ConfirmQuery, location="query", arg_name="query")
 @bp.output(schemas.JobOut, status_code=202)
-@bp.doc(summary="Stop an array and wipe its members' md superblocks (needs ?confirm=<name>)", security=SECURITY)
+@bp.doc(summary="Stop an array and wipe its members' md superblocks (needs ?confirm=<name>)", security=SECURITY,
+        responses={202: "Job queued", 400: "confirm is missing or does not repeat the name", 404: "No such array",
+                   409: "A pool sits on the array"})
 def delete_array(name: str, query: dict[str, Any]):
     return svc().delete_array(name, query.get("confirm"))

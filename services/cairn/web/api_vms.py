@@ -23,7 +23,9 @@ SECURITY = ["token", "session"]
 
 
 def svc() -> VmService:
-    return VmService(services()["store"], services()["jobs"], services()["cfg"].node_name, Runner())
+    cfg = services()["cfg"]
+    return VmService(services()["store"], services()["jobs"], cfg.node_name, Runner(),
+                     image_dirs=cfg.compute.image_dirs)
 
 
 @bp.get("/vms")
@@ -96,21 +98,25 @@ def list_snapshots(name: str):
 @bp.post("/vms/<name>/snapshots")
 @bp.input(vs.VmSnapshotIn, arg_name="body")
 @bp.output(schemas.JobOut, status_code=202)
-@bp.doc(summary="Snapshot the VM's disks and definition (quiesced when a guest agent answers)", security=SECURITY)
+@bp.doc(summary="Snapshot the VM's disks and definition (quiesced when a guest agent answers)", security=SECURITY,
+        responses={202: "Job queued", 400: "Bad snapshot name", 404: "No such VM",
+                   409: "The VM has a snapshot of that name"})
 def snapshot_vm(name: str, body: dict[str, Any]):
     return svc().snapshot(name, body)
 
 
 @bp.delete("/vms/<name>/snapshots/<snapshot>")
 @bp.output(schemas.JobOut, status_code=202)
-@bp.doc(summary="Delete a snapshot of the VM", security=SECURITY)
+@bp.doc(summary="Delete a snapshot of the VM", security=SECURITY,
+        responses={202: "Job queued", 400: "Bad snapshot name", 404: "No such VM"})
 def delete_snapshot(name: str, snapshot: str):
     return svc().delete_snapshot(name, snapshot)
 
 
 @bp.post("/vms/<name>/snapshots/<snapshot>/revert")
 @bp.output(schemas.JobOut, status_code=202)
-@bp.doc(summary="Put the (stopped) VM's disks back as they were in the snapshot", security=SECURITY)
+@bp.doc(summary="Put the (stopped) VM's disks back as they were in the snapshot", security=SECURITY,
+        responses={202: "Job queued", 400: "Bad snapshot name", 404: "No such VM", 409: "The VM is running"})
 def revert_vm(name: str, snapshot: str):
     return svc().revert(name, snapshot)
 
@@ -143,7 +149,8 @@ def vnc(name: str):
     if origin and urlsplit(origin).netloc != request.host:
         raise AuthenticationError(f"a WebSocket from {origin} may not open this console (cross-site)")
     try:
-        answer, _ = websocket.handshake({k.lower(): v for k, v in request.headers.items()})
+        answer, connection, _ = websocket.accept(list(request.headers.items()),
+                                                 request.environ.get("RAW_URI") or request.full_path)
     except ValueError as exc:
         raise ValidationError({"headers": str(exc)}) from None
     address = svc().vnc_address(name)
@@ -156,7 +163,7 @@ def vnc(name: str):
         raise Conflict(f"VM {name}'s display at {address[0]}:{address[1]} does not answer ({exc}); "
                        "it may have just stopped") from None
     raw.sendall(answer)
-    why = websocket.relay(raw, target)
+    why = websocket.relay(raw, target, connection)
     target.close()
     log.info("console of VM %s closed: %s", name, why)
     return _TakenOver()
@@ -169,7 +176,8 @@ bp.add_url_rule("/vms/<name>/vnc", view_func=vnc, websocket=True)
 
 class _TakenOver(Response):
     """The connection now belongs to the relay, which has closed it: nothing more may be written.
-    Raising StopIteration here makes gunicorn drop the connection without an answer."""
+    Raising StopIteration here makes gunicorn drop the connection without an answer. Under the
+    gevent worker the relay is this request's greenlet: it holds no worker thread."""
 
     def __call__(self, environ, start_response):
         raise StopIteration()

@@ -1,12 +1,19 @@
 """cairn-web's Flask application (APIFlask, so /api/v1 is described by an OpenAPI document).
 
-Request gate (one place): every /api/v1 route except login and health needs a bearer token or a
-console session; unsafe requests on a session also need its CSRF token (header X-CSRF-Token or
-form field csrf_token). Console pages redirect to /login instead.
+Request gate (one place, and first): the route's body cap is set (cairn.web.guards), then every
+/api/v1 route except login and health needs a bearer token or a console session; unsafe requests on
+a session also need its CSRF token (header X-CSRF-Token or form field csrf_token). Console pages
+redirect to /login instead. Nothing reads a request's body before the gate has passed it: an
+unauthenticated request is answered from its headers alone. Then JSON bodies are checked (depth,
+syntax) before any view parses them.
 
 Errors: CairnError subclasses become JSON {"error": {...}} with the status from cairn.errors;
 anything unexpected becomes a 500 with no stack trace. The web process never dies because etcd is
-down: store calls raise Unavailable → 503.
+down: store calls raise Unavailable → 503, which says only "cluster store unreachable" (the
+endpoints and the reason go to the log). Request paths in log lines are escaped (guards.printable).
+
+Password checks (argon2, CPU-bound) run on gevent's thread pool under the gevent worker, so a login
+does not stall the other requests of its worker.
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ import logging
 import secrets
 from typing import Any
 
+import gevent
 from apiflask import APIFlask
 from apiflask.exceptions import HTTPError
 from flask import Response, current_app, g, jsonify, redirect, render_template, request, session, url_for
+from gevent import monkey
 from werkzeug.exceptions import HTTPException
 
 from cairn import __version__
@@ -29,7 +38,8 @@ from cairn.errors import (AuthenticationError, CairnError, RateLimited, Unavaila
                           http_status)
 from cairn.jobs import registry
 from cairn.jobs.service import JobService
-from cairn.web.auth import Auth
+from cairn.web import guards, schemas, streams
+from cairn.web.auth import Auth, check_password
 
 log = logging.getLogger("cairn.web")
 
@@ -49,14 +59,18 @@ def create_app(cfg: Config, store: Store | None = None) -> APIFlask:
         SESSION_COOKIE_NAME="cairn_session",
         PERMANENT_SESSION_LIFETIME=datetime.timedelta(hours=12),
         JSON_SORT_KEYS=False,
+        MAX_CONTENT_LENGTH=guards.DEFAULT_BODY_CAP,     # the gate sets each route's own cap
         SECURITY_SCHEMES={"token": {"type": "http", "scheme": "bearer"},
                           "session": {"type": "apiKey", "in": "cookie", "name": "cairn_session"}},
         INFO={"description": "Cairn cluster API. Log in with POST /api/v1/auth/login to get a bearer "
                              "token. Errors are JSON: {\"error\": {\"code\", \"message\", \"fields\"?}}."},
+        # What the error answers really look like (error_response), for every documented 4xx/5xx.
+        HTTP_ERROR_SCHEMA=schemas.ErrorOut,
+        VALIDATION_ERROR_SCHEMA=schemas.ErrorOut,
     )
     store = store or Store(cfg.etcd_endpoints, cfg.store_root)
-    app.extensions["cairn"] = {"cfg": cfg, "store": store, "auth": Auth(store),
-                               "jobs": JobService(store)}
+    app.extensions["cairn"] = {"cfg": cfg, "store": store, "auth": Auth(store, verify=off_the_loop(check_password)),
+                               "jobs": JobService(store), "hub": streams.EventHub(store)}
     registry.load_all()
     _load_secret_key(app)
 
@@ -68,13 +82,14 @@ def create_app(cfg: Config, store: Store | None = None) -> APIFlask:
     app.register_blueprint(api_iscsi.bp, url_prefix=API_PREFIX)
     app.register_blueprint(api_vms.bp, url_prefix=API_PREFIX)
     app.register_blueprint(api_images.bp, url_prefix=API_PREFIX)
+    app.spec_processor(api_images.document_upload_body)
     app.register_blueprint(console.bp)
     app.register_blueprint(console_storage.bp)
     app.register_blueprint(console_shares.bp)
     app.register_blueprint(console_vms.bp)
     app.register_blueprint(console_images.bp)
-    app.before_request(_check_json_body)
-    app.before_request(_gate)
+    app.before_request(_gate)               # first: nothing may read the body before it
+    app.before_request(_check_body)
     _install_error_handlers(app)
 
     @app.context_processor
@@ -99,33 +114,50 @@ def services(app=None) -> dict[str, Any]:
     return (app or current_app).extensions["cairn"]
 
 
-STREAMED_ENDPOINTS = {"images.upload_image"}    # bodies that are files, read in chunks by the view
+def off_the_loop(function):
+    """`function` run on gevent's thread pool when this process runs under gevent (the worker has
+    patched the standard library), else called directly. For CPU-bound calls that release the GIL."""
+    def call(*args):
+        if monkey.is_module_patched("threading"):
+            return gevent.get_hub().threadpool.apply(function, args)
+        return function(*args)
+    return call
 
 
-def _check_json_body() -> None:
-    """A JSON body that does not parse is named as the problem (not a bare 'Bad Request').
-    Streamed uploads are let through untouched: reading them here would hold gigabytes in memory."""
-    if request.endpoint in STREAMED_ENDPOINTS:
+def _check_body() -> None:
+    """After the gate: a JSON body that nests too deep or does not parse is named as the problem
+    (not a bare 'Bad Request', nor a RecursionError). Streamed uploads are let through untouched:
+    their view reads them in chunks. A request that routing refused (no such path or method) gets
+    its 404 or 405 with its body unread: the gate let it by without credentials."""
+    if request.endpoint is None or request.endpoint in guards.STREAMED_ENDPOINTS:
         return
     if request.path.startswith("/api/") and request.method in UNSAFE_METHODS and request.get_data():
-        if request.is_json:
-            try:
-                json.loads(request.get_data())
-            except ValueError as exc:
-                raise ValidationError({"body": f"is not valid JSON ({exc})"}) from None
-        else:
+        if not request.is_json:
             raise ValidationError({"body": "must be JSON (Content-Type: application/json)"})
+        data = request.get_data()
+        if guards.json_too_deep(data):
+            raise ValidationError({"body": f"nests arrays and objects more than {guards.MAX_JSON_DEPTH} "
+                                           "levels deep"})
+        try:
+            json.loads(data)
+        except ValueError as exc:
+            raise ValidationError({"body": f"is not valid JSON ({exc})"}) from None
 
 
 # --- the gate --------------------------------------------------------------------------------
 def _gate() -> Response | None:
+    """Credentials from the headers (and the session cookie) only: the body is not read here unless
+    the request is already authenticated (a console form's CSRF token)."""
+    request.max_content_length = guards.body_cap(request.endpoint)
+    if request.endpoint in guards.STREAMED_ENDPOINTS:
+        guards.lift_deadline(request.environ)
     app_services = services()
     if not request.endpoint or request.endpoint in PUBLIC_ENDPOINTS:
         return None
     if current_app.secret_key is None:
         _load_secret_key(current_app)
         if current_app.secret_key is None:
-            raise Unavailable("the cluster store (etcd) is unreachable: cannot check the session")
+            raise Unavailable("cannot check the session: the session key is in the cluster store")
     is_api = request.path.startswith("/api/")
     header = request.headers.get("Authorization", "")
     if is_api and header.startswith("Bearer "):
@@ -155,8 +187,17 @@ def _wants_json() -> bool:
     return request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json"
 
 
+STORE_UNREACHABLE = "cluster store unreachable"
+
+
 def error_response(error: CairnError) -> Response:
     status = http_status(error)
+    if isinstance(error, Unavailable):
+        # Which endpoints were tried and why they failed is for the log, not for any caller.
+        error = Unavailable(STORE_UNREACHABLE)
+    elif status >= 500 and g.get("user") is None:
+        # Before the gate has let the caller in, a failure's detail is nobody's business but the log's.
+        error = CairnError(f"internal error; see the cairn-web log on {services()['cfg'].node_name}")
     if _wants_json():
         response = jsonify({"error": error.to_dict()})
     else:
@@ -171,7 +212,8 @@ def _install_error_handlers(app: APIFlask) -> None:
     @app.errorhandler(CairnError)
     def _cairn_error(error: CairnError):
         if http_status(error) >= 500:
-            log.warning("%s %s failed: %s", request.method, request.path, error.message)
+            log.warning("%s %s failed: %s", request.method, guards.printable(request.path),
+                        guards.printable(error.log_text()))
         return error_response(error)
 
     @app.error_processor
@@ -196,7 +238,7 @@ def _install_error_handlers(app: APIFlask) -> None:
     def _unexpected(error: Exception):
         if isinstance(error, HTTPException):
             return error
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, guards.printable(request.path))
         return error_response(CairnError("internal error; see the cairn-web log on "
                                          f"{services()['cfg'].node_name}"))
 
@@ -211,4 +253,5 @@ def _flatten(messages: Any) -> list[str]:
 
 def _code_for(status: int) -> str:
     return {400: "invalid", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
-            405: "method_not_allowed", 409: "conflict", 415: "unsupported_media_type"}.get(status, "error")
+            405: "method_not_allowed", 408: "timeout", 409: "conflict", 413: "too_large",
+            415: "unsupported_media_type"}.get(status, "error")

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 from apiflask import APIBlueprint
 from flask import g, redirect, render_template, request, session, url_for
 
-from cairn.cluster import events, nodes
+from cairn.cluster import events, history, nodes
 from cairn.errors import AuthenticationError, CairnError, RateLimited, ValidationError
 from cairn.jobs.model import summary
 from cairn.web.app import services
@@ -68,7 +68,8 @@ def dashboard():
     store = services()["store"]
     return render_template("dashboard.html", nodes=nodes.list_nodes(store),
                            jobs=[summary(j) for j in services()["jobs"].list(limit=8)],
-                           events=events.recent(store, limit=10), now=time.time())
+                           events=events.recent(store, limit=10), now=time.time(),
+                           store_health=history.store_health(store))
 
 
 @bp.post("/nodes/<name>/diagnostics")
@@ -79,7 +80,12 @@ def start_diagnostics(name: str):
 
 @bp.get("/jobs")
 def jobs():
-    return render_template("jobs.html", jobs=[summary(j) for j in services()["jobs"].list(limit=100)])
+    after = request.args.get("after") or None
+    try:
+        page = services()["jobs"].page(limit=100, after=after)
+    except ValidationError:
+        return redirect(url_for("console.jobs"))      # a stale or edited link: the first page
+    return render_template("jobs.html", jobs=[summary(j) for j in page.jobs], next=page.next, paged=bool(after))
 
 
 @bp.get("/jobs/<job_id>")

@@ -11,6 +11,7 @@ from cairn.cluster import nodes
 from cairn.errors import ValidationError
 from cairn.storage import model, raid
 from cairn.storage.service import StorageService
+from cairn.web import forms
 from cairn.web.app import services
 
 bp = APIBlueprint("storage_console", __name__, enable_openapi=False)
@@ -26,12 +27,7 @@ def to_job(job: dict):
 
 
 def form_int(name: str, default: int) -> int:
-    value = request.form.get(name, "").strip()
-    if not value:
-        return default
-    if not value.isdigit():
-        raise ValidationError({name: "must be a whole number"})
-    return int(value)
+    return forms.whole_number(request.form, name, default)
 
 
 @bp.get("/storage")
@@ -111,9 +107,9 @@ def pool_action(name: str, action: str):
                                      "balance_schedule": request.form.get("balance_schedule") or None})
         return redirect(url_for("storage_console.pool", name=name))
     if action == "volumes":
-        quota = request.form.get("quota_gib", "").strip()
+        quota = forms.decimal_number(request.form, "quota_gib")
         body = {"name": request.form.get("name", ""),
-                "quota_bytes": int(float(quota) * GiB) if quota else None, "schedule": None}
+                "quota_bytes": int(quota * GiB) if quota is not None else None, "schedule": None}
         if request.form.get("every"):
             body["schedule"] = {"every": request.form["every"], "keep_last": form_int("keep_last", 7),
                                 "keep_hourly": form_int("keep_hourly", 0), "keep_daily": form_int("keep_daily", 7),

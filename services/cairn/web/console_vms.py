@@ -17,6 +17,7 @@ from cairn.compute.service import LIFECYCLE, RUNNING, VmService
 from cairn.runner import Runner
 from cairn.errors import Conflict, ValidationError
 from cairn.storage.pools import list_pools
+from cairn.web import forms
 from cairn.web.app import services
 
 bp = APIBlueprint("vms_console", __name__, enable_openapi=False)
@@ -24,7 +25,9 @@ NOVNC_DIR = "/usr/share/novnc"        # Debian's novnc package (the image and `m
 
 
 def svc() -> VmService:
-    return VmService(services()["store"], services()["jobs"], services()["cfg"].node_name, Runner())
+    cfg = services()["cfg"]
+    return VmService(services()["store"], services()["jobs"], cfg.node_name, Runner(),
+                     image_dirs=cfg.compute.image_dirs)
 
 
 def to_job(job: dict):
@@ -32,12 +35,7 @@ def to_job(job: dict):
 
 
 def form_int(name: str, default: int) -> int:
-    value = request.form.get(name, "").strip()
-    if not value:
-        return default
-    if not value.isdigit():
-        raise ValidationError({name: "must be a whole number"})
-    return int(value)
+    return forms.whole_number(request.form, name, default)
 
 
 def new_vm_body() -> dict:

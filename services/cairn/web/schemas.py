@@ -1,5 +1,9 @@
 """Request and response schemas of /api/v1. Every field says what it is (the OpenAPI document
-is generated from these, and a meta-test checks that no field lacks a description)."""
+is generated from these, and a meta-test checks that no field lacks a description).
+
+A JSON body's numbers and booleans are taken as JSON types only (WholeNumber, JsonBoolean): the
+document says integer and boolean, and marshmallow's own fields would quietly make 2.5 into 2,
+1e-9 into 0 and "yes" into true. Query parameters arrive as text and keep the lenient fields."""
 
 from __future__ import annotations
 
@@ -13,6 +17,34 @@ from cairn.system.diagnostics import MAX_SAMPLES
 
 def d(text: str) -> dict:
     return {"description": text}
+
+
+class WholeNumber(Integer):
+    """An integer of a JSON body: a JSON integer, nothing that merely converts to one."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(strict=True, **kwargs)
+
+
+class JsonBoolean(Boolean):
+    """A boolean of a JSON body: true or false, not 0, "1", "yes" or "off"."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool):
+            return value
+        raise self.make_error("invalid", input=value)
+
+
+class ErrorDetailOut(Schema):
+    code = String(required=True, metadata=d("What kind of error: invalid, unauthenticated, not_found, conflict, "
+                                            "precondition_failed, busy, rate_limited, unavailable, internal, ..."))
+    message = String(required=True, metadata=d("What went wrong, in words for a person"))
+    fields = Dict(metadata=d("For invalid input: each field's path (e.g. disks[0].size) and what is wrong with it"))
+    details = Dict(metadata=d("What a client can act on, e.g. the disk or the VMs in the way"))
+
+
+class ErrorOut(Schema):
+    error = Nested(ErrorDetailOut, required=True, metadata=d("Every error answer of the API has this one shape"))
 
 
 class LoginIn(Schema):
@@ -35,6 +67,16 @@ class HealthOut(Schema):
     store = String(metadata=d("'ok' or 'unreachable': the cluster store (etcd) as seen from this node"))
     node = String(metadata=d("Name of the node that answered"))
     version = String(metadata=d("Cairn version of the node that answered"))
+
+
+class StoreHealthOut(Schema):
+    db_size = Integer(metadata=d("Bytes of the local etcd member's database file"))
+    db_size_in_use = Integer(metadata=d("Bytes of it holding live data (the rest is free pages until a defragment)"))
+    quota = Integer(metadata=d("The database's quota in bytes: at the quota the store refuses every change"))
+    revision = Integer(metadata=d("The store's current revision"))
+    version = String(metadata=d("etcd's version"))
+    alarms = List(String(metadata=d("An alarm, e.g. NOSPACE")), metadata=d("Active etcd alarms"))
+    warning = String(allow_none=True, metadata=d("What needs the admin's attention, or null"))
 
 
 class DiskUsageOut(Schema):
@@ -85,7 +127,7 @@ class NodeListOut(Schema):
 
 
 class DiagnosticsIn(Schema):
-    samples = Integer(load_default=20, validate=Range(1, MAX_SAMPLES),
+    samples = WholeNumber(load_default=20, validate=Range(1, MAX_SAMPLES),
                       metadata=d("How many cluster store round trips to time"))
 
 
@@ -112,6 +154,8 @@ class JobSummaryOut(Schema):
     started_at = Float(allow_none=True, metadata=d("When it started running"))
     finished_at = Float(allow_none=True, metadata=d("When it ended"))
     waiting_for = String(allow_none=True, metadata=d("A lock the queued job waits for"))
+    last_log = String(allow_none=True, metadata=d("The newest line of the job's log"))
+    log_count = Integer(metadata=d("How many log lines the job has written (the last 200 are kept)"))
 
 
 class JobOut(JobSummaryOut):
@@ -120,12 +164,16 @@ class JobOut(JobSummaryOut):
 
 class JobListOut(Schema):
     jobs = List(Nested(JobSummaryOut), metadata=d("Jobs, newest first"))
+    next = String(allow_none=True, metadata=d("Continue token for the next page (pass it as "
+                                              "`continue`), null on the last page"))
 
 
 class JobQuery(Schema):
     state = String(validate=OneOf([s.value for s in JobState]), metadata=d("Only jobs in this state"))
     node = String(metadata=d("Only jobs of this node"))
     limit = Integer(load_default=100, validate=Range(1, 1000), metadata=d("At most this many jobs"))
+    continue_ = String(data_key="continue", validate=Length(max=200),
+                       metadata=d("The `next` token of the previous page: go on after it"))
 
 
 class EventOut(Schema):
@@ -214,7 +262,7 @@ class PoolPatchIn(Schema):
 
 class PoolExpandIn(Schema):
     disks = List(String(metadata=d("Disk id (serial)")), required=True, metadata=d("Free disks to add"))
-    balance = Boolean(load_default=True, metadata=d("Rebalance afterwards so data spreads over every disk"))
+    balance = JsonBoolean(load_default=True, metadata=d("Rebalance afterwards so data spreads over every disk"))
 
 
 class PoolReplaceIn(Schema):
@@ -228,21 +276,21 @@ class ConfirmQuery(Schema):
 
 class ScheduleIn(Schema):
     every = String(load_default="daily", metadata=d("hourly, daily, weekly, or '<n>m' (n >= 5 minutes)"))
-    keep_last = Integer(load_default=7, metadata=d("Keep this many newest automatic snapshots"))
-    keep_hourly = Integer(load_default=0, metadata=d("Keep the newest of each of this many last hours"))
-    keep_daily = Integer(load_default=7, metadata=d("Keep the newest of each of this many last days"))
-    keep_weekly = Integer(load_default=4, metadata=d("Keep the newest of each of this many last weeks"))
+    keep_last = WholeNumber(load_default=7, metadata=d("Keep this many newest automatic snapshots"))
+    keep_hourly = WholeNumber(load_default=0, metadata=d("Keep the newest of each of this many last hours"))
+    keep_daily = WholeNumber(load_default=7, metadata=d("Keep the newest of each of this many last days"))
+    keep_weekly = WholeNumber(load_default=4, metadata=d("Keep the newest of each of this many last weeks"))
 
 
 class VolumeCreateIn(Schema):
     name = String(required=True, metadata=d("Volume name: 1-32 of a-z, 0-9, '-', '_'"))
-    quota_bytes = Integer(load_default=None, allow_none=True, metadata=d("Quota in bytes (null: none)"))
+    quota_bytes = WholeNumber(load_default=None, allow_none=True, metadata=d("Quota in bytes (null: none)"))
     schedule = Nested(ScheduleIn, load_default=None, allow_none=True,
                       metadata=d("Snapshot schedule with retention (null: none)"))
 
 
 class VolumePatchIn(Schema):
-    quota_bytes = Integer(allow_none=True, metadata=d("New quota in bytes (null removes it)"))
+    quota_bytes = WholeNumber(allow_none=True, metadata=d("New quota in bytes (null removes it)"))
     schedule = Nested(ScheduleIn, allow_none=True, metadata=d("New snapshot schedule (null removes it)"))
 
 
@@ -329,13 +377,13 @@ class FileUserIn(Schema):
     password = String(required=True, load_only=True, metadata=d("Password for SMB (8-128 characters)"))
     full_name = String(load_default="", metadata=d("Full name, shown to people"))
     groups = List(String(metadata=d("Group name")), load_default=list, metadata=d("Groups the user is in"))
-    uid = Integer(metadata=d("Numeric id (default: the next free one from 10000)"))
+    uid = WholeNumber(metadata=d("Numeric id (default: the next free one from 10000)"))
 
 
 class FileUserPatchIn(Schema):
     full_name = String(metadata=d("Full name"))
     groups = List(String(metadata=d("Group name")), metadata=d("Groups the user is in (replaces the list)"))
-    disabled = Boolean(metadata=d("A disabled user keeps its files but cannot connect"))
+    disabled = JsonBoolean(metadata=d("A disabled user keeps its files but cannot connect"))
     password = String(load_only=True, metadata=d("New password"))
 
 
@@ -354,7 +402,7 @@ class FileUserListOut(Schema):
 class FileGroupIn(Schema):
     name = String(required=True, metadata=d("Group name"))
     description = String(load_default="", metadata=d("What the group is for"))
-    gid = Integer(metadata=d("Numeric id (default: the next free one from 10000)"))
+    gid = WholeNumber(metadata=d("Numeric id (default: the next free one from 10000)"))
 
 
 class FileGroupOut(Schema):
@@ -396,7 +444,8 @@ class ShareStateOut(Schema):
                               "error: it does not serve it and its last shares pass failed (see error)"))
     node = String(allow_none=True,
                   metadata=d("The node that owns the share's pool and serves it (null: no such pool)"))
-    error = String(allow_none=True, metadata=d("Why the node's last shares pass failed (state error), else null"))
+    error = String(allow_none=True, metadata=d("State error: what is wrong with the share's record as its node "
+                                                "sees it, or why the node's last shares pass failed; else null"))
 
 
 class ShareOut(Schema):
@@ -441,7 +490,7 @@ class SharesImportOut(Schema):
 class IscsiLunIn(Schema):
     size = Raw(metadata=d("Size (required): whole bytes or a text like 512M, 10G or 2T (binary units); "
                           "a multiple of 1 MiB, 1 MiB to 64 TiB. The file is sparse: space is used as data is written"))
-    lun = Integer(allow_none=True, metadata=d("LUN number 0-255 (default: the lowest free one)"))
+    lun = WholeNumber(allow_none=True, metadata=d("LUN number 0-255 (default: the lowest free one)"))
 
 
 class IscsiLunGrowIn(Schema):

@@ -72,9 +72,21 @@
     list.insertBefore(item, list.firstChild);
   }
 
+  // The server says this page may have missed changes (it keeps only recent ones): reload it, but
+  // not twice within a minute (a page that keeps failing to catch up then stays as it is).
+  function reloadPage() {
+    var last = Number(window.sessionStorage.getItem("cairn-stream-reload") || 0);
+    if (Date.now() - last < 60000) return;
+    window.sessionStorage.setItem("cairn-stream-reload", String(Date.now()));
+    window.location.reload();
+  }
+
   if (!window.EventSource || !document.querySelector('meta[name="csrf-token"]').content) return;
+  // The page's store revision: the stream starts right after what the page shows. On reconnect the
+  // browser sends the id of the last message it got (Last-Event-ID), and the server replays the rest.
   var since = document.querySelector('meta[name="store-revision"]').content;
   var source = new EventSource("/api/v1/events/stream" + (since && since !== "0" ? "?since=" + since : ""));
   source.addEventListener("job", function (e) { updateJob(JSON.parse(e.data)); });
   source.addEventListener("event", function (e) { addEvent(JSON.parse(e.data)); });
+  source.addEventListener("reload", reloadPage);
 })();

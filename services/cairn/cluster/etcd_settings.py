@@ -1,0 +1,61 @@
+"""How every etcd member of Cairn runs: the settings that keep the store small and usable for years.
+
+One table, used by the appliance image (rootfs/usr/lib/systemd/system/etcd.service.d/cairn.conf
+holds the same values as ETCD_* environment lines; a test keeps the two equal) and by the dev and
+test stacks (cairn.devstack passes them as flags).
+
+    auto-compaction   etcd keeps every revision of every key until it is compacted. Periodic
+                      compaction keeps one hour of history (enough for any watcher to catch up
+                      after a reconnect) and drops the rest; etcd runs it every retention/10.
+    quota             the backend's size limit. Reaching it raises etcd's NOSPACE alarm and the
+                      whole cluster refuses writes, so Cairn shows a warning well before
+                      (QUOTA_WARN_FRACTION) and defragments members whose file is mostly free pages.
+    max-txn-ops       operations per transaction (etcd's default is 128). Imports of a whole
+                      shares configuration are one transaction (all or nothing), and a small
+                      company's 500 users, 100 groups and 200 shares are ~1,400 writes (each user and group
+                      also claims its id).
+    max-request-bytes the largest request (etcd's default 1.5 MiB); such an import is ~0.5 MiB.
+"""
+
+from __future__ import annotations
+
+QUOTA_BYTES = 2 * 1024 ** 3
+QUOTA_WARN_FRACTION = 0.8
+MAX_TXN_OPS = 4096
+MAX_REQUEST_BYTES = 8 * 1024 ** 2
+
+# Defragment a member when at least this much of its file is free pages, and at least half of it.
+DEFRAG_MIN_FREE_BYTES = 64 * 1024 ** 2
+
+SETTINGS: dict[str, str] = {
+    "auto-compaction-mode": "periodic",
+    "auto-compaction-retention": "1h",
+    "quota-backend-bytes": str(QUOTA_BYTES),
+    "max-txn-ops": str(MAX_TXN_OPS),
+    "max-request-bytes": str(MAX_REQUEST_BYTES),
+}
+
+
+def flags() -> list[str]:
+    """The settings as etcd command-line flags (pure)."""
+    return [part for name, value in SETTINGS.items() for part in (f"--{name}", value)]
+
+
+def environment() -> dict[str, str]:
+    """The settings as etcd's environment variables (ETCD_AUTO_COMPACTION_MODE=...) (pure)."""
+    return {"ETCD_" + name.upper().replace("-", "_"): value for name, value in SETTINGS.items()}
+
+
+def needs_defragment(db_size: int, db_size_in_use: int) -> bool:
+    """Whether a member's file is worth defragmenting: mostly free pages, and many of them (pure)."""
+    free = db_size - db_size_in_use
+    return free >= DEFRAG_MIN_FREE_BYTES and free * 2 >= db_size
+
+
+def quota_warning(db_size: int, quota: int = QUOTA_BYTES) -> str | None:
+    """A sentence for the console when a member's database nears the quota, else None (pure)."""
+    if db_size < quota * QUOTA_WARN_FRACTION:
+        return None
+    return (f"the cluster store's database is {db_size / 1024 ** 2:.0f} MiB of its "
+            f"{quota / 1024 ** 2:.0f} MiB quota ({100 * db_size / quota:.0f} %): at the quota it "
+            "refuses every change. Delete old jobs, events or snapshots' records, or raise the quota.")
