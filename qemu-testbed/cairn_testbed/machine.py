@@ -28,6 +28,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -90,6 +91,10 @@ class MachineSpec:
     nics: list["Nic"] = field(default_factory=list)  # NICs after the management NIC (testbed segments)
     lan_nic: str | None = None  # passed as the system credential cairn.lan_nic (name or MAC)
     watchdog: bool = False  # i6300esb, reset on expiry
+    # A guest reset (reboot, watchdog, panic=N, QMP system_reset) becomes a cold start of a new
+    # QEMU by Machine's supervisor: under TCG, OVMF (2022.11, QEMU 7.2) sometimes spins for minutes
+    # or for good in a warm reset; a cold start has never been seen to.
+    cold_reset: bool = True
     qemu: str = "qemu-system-x86_64"
 
     @property
@@ -103,6 +108,10 @@ class MachineSpec:
     @property
     def qmp_socket(self) -> Path:
         return self.run_dir / "qmp.sock"
+
+    @property
+    def events_socket(self) -> Path:     # a second QMP monitor, read only by Machine's supervisor
+        return self.run_dir / "events.sock"
 
     @property
     def pidfile(self) -> Path:
@@ -128,15 +137,17 @@ def find_firmware() -> tuple[Path, Path]:
     return code, variables
 
 
-def qemu_argv(spec: MachineSpec, accel: Accel, firmware_code: Path, ssh_public_key: str | None) -> list[str]:
-    """QEMU's command line for spec (pure: reads nothing, starts nothing)."""
+def qemu_argv(spec: MachineSpec, accel: Accel, firmware_code: Path, ssh_public_key: str | None,
+              detached: frozenset[str] = frozenset()) -> list[str]:
+    """QEMU's command line for spec (pure: reads nothing, starts nothing); data disks whose serial
+    is in `detached` were pulled out and stay out."""
     argv = [
         spec.qemu, "-name", spec.name, "-machine", "q35", *accel.args,
         "-smp", str(spec.cpus), "-m", str(spec.memory_mib),
         "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={firmware_code}",
         "-drive", f"if=pflash,format=raw,unit=1,file={spec.vars_file}",
         "-display", "none", "-monitor", "none",
-        "-chardev", f"file,id=serial0,path={spec.serial_log}",
+        "-chardev", f"file,id=serial0,path={spec.serial_log},append=on",
         "-serial", "chardev:serial0",
         "-qmp", f"unix:{spec.qmp_socket},server=on,wait=off",
         "-pidfile", str(spec.pidfile),
@@ -148,6 +159,8 @@ def qemu_argv(spec: MachineSpec, accel: Accel, firmware_code: Path, ssh_public_k
     ]
     sata_ports = 0
     for index, disk in enumerate(spec.data_disks):
+        if disk.serial in detached:
+            continue
         drive = f"data{index}"
         argv += ["-drive", f"if=none,id={drive},file={spec.disk_path(disk)},format=qcow2,discard=unmap"]
         device_id = f"disk-{disk.serial}"   # QMP device_del addresses the disk by this id
@@ -184,7 +197,13 @@ def qemu_argv(spec: MachineSpec, accel: Accel, firmware_code: Path, ssh_public_k
         argv += ["-smbios", f"type=11,value={credential}"]
     if spec.watchdog:
         argv += ["-device", "i6300esb", "-action", "watchdog=reset"]
+    if spec.cold_reset:
+        argv += ["-action", "reboot=shutdown", "-qmp", f"unix:{spec.events_socket},server=on,wait=off"]
     return argv
+
+
+# SHUTDOWN reasons that mean "the machine was reset" (with -action reboot=shutdown QEMU exits).
+RESET_REASONS = frozenset({"guest-reset", "host-qmp-system-reset"})
 
 
 def port_free(port: int, addr: str = "127.0.0.1") -> bool:
@@ -215,6 +234,11 @@ class Machine:
         self.log = log
         self.process: subprocess.Popen | None = None
         self.started_at: float | None = None
+        self.detached: set[str] = set()      # serials of data disks pulled out (stay out on a restart)
+        self.on_restart = None               # called after the supervisor started QEMU again
+        self.restarts = 0
+        self._stopping = False
+        self._resetting = False
 
     # ---- files
 
@@ -279,26 +303,70 @@ class Machine:
                                "stop it first (Ctrl-C in its terminal)")
         if spec.serial_log.exists():
             os.replace(spec.serial_log, spec.serial_log.with_name("serial.log.old"))
+        self._stopping = False
+        self._launch()
+
+    def _launch(self) -> None:
+        spec = self.spec
         spec.qmp_socket.unlink(missing_ok=True)
+        spec.events_socket.unlink(missing_ok=True)
         code, _ = find_firmware()
         public_key = spec.ssh_key.with_suffix(".pub").read_text() if spec.ssh_key.with_suffix(".pub").exists() else None
-        argv = qemu_argv(spec, self.accel, code, public_key)
+        argv = qemu_argv(spec, self.accel, code, public_key, frozenset(self.detached))
         (spec.run_dir / "qemu.argv").write_text("\n".join(argv) + "\n")
-        qemu_log = open(spec.run_dir / "qemu.log", "w")
+        qemu_log = open(spec.run_dir / "qemu.log", "a")
         # Own session: a Ctrl-C in the terminal reaches the launcher only, which shuts the guest down.
-        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qemu_log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qemu_log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = process
         self.started_at = time.monotonic()
+        self._resetting = False
         time.sleep(0.5)
-        if self.process.poll() is not None:
+        if process.poll() is not None:
             raise TestbedError("QEMU exited at once: " + (spec.run_dir / "qemu.log").read_text().strip())
         os.chmod(spec.serial_log, 0o600) if spec.serial_log.exists() else None
+        if spec.cold_reset:
+            threading.Thread(target=self._supervise, args=(process,), daemon=True,
+                             name=f"supervise-{spec.name}").start()
+
+    def _supervise(self, process: subprocess.Popen) -> None:
+        """Follow QEMU's events; when the guest reset itself (so QEMU exited), start it again cold."""
+        reason = None
+        try:
+            with QMP(self.spec.events_socket, timeout=30) as qmp:
+                while (event := qmp.next_event()) is not None:
+                    if event.get("event") == "SHUTDOWN":
+                        reason = event.get("data", {}).get("reason")
+                        self._resetting = reason in RESET_REASONS and not self._stopping
+        except (QMPError, OSError) as error:
+            self.log(f"supervisor: QMP events unavailable ({error}); a guest reset will stop QEMU")
+        process.wait()
+        if self._stopping or process is not self.process or reason not in RESET_REASONS:
+            self._resetting = False
+            return
+        self.restarts += 1
+        self.log(f"the guest reset ({reason}): QEMU started again, cold (restart {self.restarts})")
+        try:
+            self._launch()
+            if self.on_restart:
+                self.on_restart()
+        except (TestbedError, OSError) as error:
+            self._resetting = False
+            self.log(f"supervisor: could not start QEMU again: {error}")
 
     def elapsed(self) -> float:
         return time.monotonic() - (self.started_at or time.monotonic())
 
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        """QEMU runs (or is being started again after a guest reset)."""
+        return self._resetting or (self.process is not None and self.process.poll() is None)
+
+    def power_cut(self) -> None:
+        """Pull the plug: QEMU is gone at once, nothing in the guest gets to react."""
+        self._stopping = True
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def serial_text(self) -> str:
         try:
@@ -345,6 +413,7 @@ class Machine:
 
     def powerdown(self, timeout: float = 120) -> bool:
         """ACPI power button, then wait for QEMU to exit. Returns True if it shut down cleanly."""
+        self._stopping = True
         if not self.running():
             return True
         try:
@@ -360,6 +429,7 @@ class Machine:
 
     def kill(self) -> None:
         """Hard stop (like pulling the plug): QMP quit, then SIGKILL."""
+        self._stopping = True
         if not self.running():
             return
         try:

@@ -63,6 +63,20 @@ class QMP:
         line, self.buffer = self.buffer.split(b"\n", 1)
         return json.loads(line)
 
+    def next_event(self) -> dict | None:
+        """The next asynchronous event (waiting as long as it takes), or None once QEMU is gone."""
+        if self.events:
+            return self.events.pop(0)
+        while True:
+            try:
+                message = self._read()
+            except socket.timeout:
+                continue
+            except (QMPError, OSError):
+                return None
+            if "event" in message:
+                return message
+
     def execute(self, command: str, **arguments) -> object:
         message = {"execute": command}
         if arguments:

@@ -15,7 +15,8 @@ segments touches the host's own interfaces, and deleting the namespace removes a
 in the namespace hands out addresses on each segment (fixed ones for the appliances' NICs, by MAC),
 with no default route, so the segments stay private.
 
-Faults: power_cut() (QEMU killed: the plug pulled), reset() (QMP system_reset), set_link(nic, up)
+Faults: power_cut() (QEMU killed: the plug pulled), reset() (QMP system_reset; like every guest
+reset, a cold start of a new QEMU: see MachineSpec.cold_reset), set_link(nic, up)
 (QMP set_link: the guest sees its carrier go), partition(node)/heal() (both private NICs down/up),
 detach_disk(serial) (QMP device_del: a disk pulled out).
 
@@ -196,6 +197,7 @@ class Node:
     taps: dict[str, str]             # segment -> tap name
     macs: dict[str, str]             # segment -> MAC
     cluster_ip: str
+    cut_off: bool = False            # partition()ed: its taps are down until heal()
 
     @property
     def url(self) -> str:
@@ -203,9 +205,17 @@ class Node:
 
     # lifecycle
     def start(self) -> None:
+        self.machine.on_restart = self._plug_taps
         self.machine.start()
+        self._plug_taps()
+
+    def _plug_taps(self) -> None:
+        """Put QEMU's taps on the segments' bridges (again after a guest reset restarted QEMU; a
+        node that was cut off stays cut off)."""
         for segment, tap in self.taps.items():
             self.network.attach(tap, segment)
+            if self.cut_off:
+                self.network.set_tap(tap, up=False)
 
     def wait_for_console(self, timeout: float = 900) -> dict:
         seen = wait_until_ready(self.machine, self.https_port, self.ssh_port, timeout)
@@ -253,9 +263,7 @@ class Node:
 
     def power_cut(self) -> None:
         """Pull the plug: QEMU is gone at once, nothing in the guest gets to react."""
-        if self.machine.process and self.machine.process.poll() is None:
-            self.machine.process.kill()
-            self.machine.process.wait()
+        self.machine.power_cut()
 
     def reset(self) -> None:
         self.qmp("system_reset")
@@ -266,6 +274,7 @@ class Node:
 
     def detach_disk(self, serial: str) -> None:
         self.qmp("device_del", id=f"disk-{serial}")
+        self.machine.detached.add(serial)
 
     def start_test_guest(self, image: Path, name: str, mac: str, accel: str) -> str:
         """Copy the tiny test guest's disk in and start it under libvirt; returns its serial log path."""
@@ -419,11 +428,13 @@ class Testbed:
 
     def partition(self, node: Node) -> None:
         """Cut the node off both private segments (its management NIC stays, for the harness)."""
+        node.cut_off = True
         for tap in node.taps.values():
             self.network.set_tap(tap, up=False)
 
     def heal(self) -> None:
         for node in self.nodes:
+            node.cut_off = False
             for tap in node.taps.values():
                 self.network.set_tap(tap, up=True)
 

@@ -257,7 +257,12 @@ def test_a_name_with_a_control_character_is_refused_naming_the_field(name, path,
 
 
 def test_every_job_kind_has_a_sample():
-    assert sorted(JOBS) == registry.kinds()
+    # Only the product's kinds: tests in the same run register kinds of their own (test.*).
+    registry.load_all()
+    product = sorted(name for name in registry.kinds()
+                     if registry.get_kind(name).handler.__module__ in registry.KIND_MODULES)
+    assert len(product) > 20
+    assert sorted(JOBS) == product
 
 
 def input_schemas() -> dict[str, type]:

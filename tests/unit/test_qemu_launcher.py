@@ -48,6 +48,19 @@ def test_ssh_key_and_lan_nic_reach_the_guest_as_credentials(tmp_path):
     assert "i6300esb" in argv
 
 
+def test_a_guest_reset_stops_qemu_for_a_cold_start_and_a_pulled_disk_stays_out(tmp_path):
+    argv = qemu_argv(spec(tmp_path), Accel("tcg", TCG, ""), Path("/c.fd"), None, frozenset({"CAIRN-VD2"}))
+    assert argv[argv.index("reboot=shutdown") - 1] == "-action"
+    monitors = [argv[i + 1] for i, a in enumerate(argv) if a == "-qmp"]
+    assert monitors == [f"unix:{tmp_path}/run/qmp.sock,server=on,wait=off",
+                        f"unix:{tmp_path}/run/events.sock,server=on,wait=off"]
+    assert "serial.log,append=on" in " ".join(argv)       # the restarted QEMU keeps the log
+    serials = " ".join(a for a in argv if a.startswith(("virtio-blk-pci", "nvme", "ide-hd")))
+    assert "CAIRN-VD1" in serials and "CAIRN-NVME1" in serials and "CAIRN-VD2" not in serials
+    plain = qemu_argv(spec(tmp_path, cold_reset=False), Accel("tcg", TCG, ""), Path("/c.fd"), None)
+    assert "reboot=shutdown" not in plain and len([a for a in plain if a == "-qmp"]) == 1
+
+
 def test_unknown_disk_bus_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown disk bus 'scsi'"):
         qemu_argv(spec(tmp_path, data_disks=[DataDisk("scsi", "X")]), Accel("tcg", TCG, ""), Path("/c"), None)
