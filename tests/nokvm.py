@@ -1,6 +1,6 @@
 """Run a command (libvirtd) with /dev/kvm hidden, in a mount namespace of its own.
 
-This build host's /dev/kvm exists but hangs (PLATFORM.md): libvirtd then probes QEMU with KVM on
+This build host's /dev/kvm exists but hangs (measured on the build machines): libvirtd then probes QEMU with KVM on
 every domain definition and waits for the probe to time out (~50-100 s per `defineXML`). Over
 /dev/kvm this binds an empty regular file, so opening it fails at once and libvirt settles on
 TCG. Mounts made on the host later under a shared mount (the tests' pools) propagate in (slave

@@ -104,7 +104,7 @@ class Stack:
         return self.cfg.node_name
 
     def store(self) -> Store:
-        return Store(self.cfg.etcd_endpoints, self.cfg.store_root)
+        return config_mod.open_store(self.cfg)
 
     def session(self, login: bool = True) -> requests.Session:
         session = requests.Session()
@@ -130,14 +130,20 @@ class Stack:
         self.etcd.stop()
 
 
-def start_stack(base: Path, node: str = "node-a", storage: config_mod.StorageConfig | None = None) -> Stack:
-    etcd = EtcdCluster.create(base / "etcd", 1).start()
+def start_stack(base: Path, node: str = "node-a", storage: config_mod.StorageConfig | None = None,
+                tls: bool = False) -> Stack:
+    """A node on its own etcd; with tls, an etcd that speaks mutual TLS only (as in a cluster)."""
+    etcd = EtcdCluster.create(base / "etcd", 1, tls=tls).start()
+    member_tls = etcd.members[0].tls
+    cluster = config_mod.ClusterConfig(str(member_tls.ca), str(member_tls.cert), str(member_tls.key)) \
+        if member_tls else config_mod.ClusterConfig()
     port = free_port()
     cfg = config_mod.Config(node_name=node, etcd_endpoints=tuple(etcd.endpoints), state_dir=base,
                             web=config_mod.WebConfig(bind=f"127.0.0.1:{port}", workers=2),
                             storage=storage or config_mod.StorageConfig(),
                             shares=share_sandbox(base / "shares"),
-                            compute=config_mod.ComputeConfig(accel="tcg", log_dir=str(base / "vm-logs")))
+                            compute=config_mod.ComputeConfig(accel="tcg", log_dir=str(base / "vm-logs")),
+                            cluster=cluster)
     config_path = write_config(base / "cairn.toml", cfg)
     agent = start_agent(config_path, base / "agent.log")
     web = start_web(config_path, base / "web.log")

@@ -30,6 +30,10 @@
     event_keep_days = 30                        # events older than this go
     event_keep_count = 5000                     # ... and the oldest beyond this many
     interval = 600                              # seconds between pruning rounds
+    [cluster]                                   # mutual TLS towards etcd (a cluster node's own
+    ca = "/var/lib/cairn/cluster/ca.pem"        # certificate from the cluster CA); all three or
+    cert = "/var/lib/cairn/cluster/node.pem"    # none: a standalone node's etcd listens on
+    key = "/var/lib/cairn/cluster/node.key"     # 127.0.0.1 only, in plain HTTP
 
 Written by the image (or the dev stack, with `dump`: tomli-w quotes and escapes every value);
 read by cairn-agent and cairn-web at start. `parse` checks every setting's type and range (a
@@ -100,6 +104,18 @@ class HistoryConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Files for mutual TLS towards etcd ("" for a standalone node talking to its own etcd)."""
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.ca)
+
+
+@dataclass(frozen=True)
 class Config:
     node_name: str
     etcd_endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
@@ -110,6 +126,7 @@ class Config:
     shares: SharesConfig = field(default_factory=SharesConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 # --- checking --------------------------------------------------------------------------------------
@@ -259,6 +276,7 @@ TABLES: dict[str, tuple[type, dict[str, Any]]] = {
     "history": (HistoryConfig, {"job_keep_days": _days, "job_keep_count": _whole(10, 1_000_000),
                                 "event_keep_days": _days, "event_keep_count": _whole(10, 1_000_000),
                                 "interval": _seconds(10)}),
+    "cluster": (ClusterConfig, {"ca": _optional_path, "cert": _optional_path, "key": _optional_path}),
 }
 
 
@@ -288,6 +306,21 @@ def _table(name: str, data: Any, problems: dict[str, str]) -> Any:
     return cls(**values)
 
 
+def _cross_check(values: dict[str, Any], cluster: ClusterConfig, problems: dict[str, str]) -> None:
+    """Settings that only make sense together: all three TLS files or none; https needs them."""
+    given = [name for name in ("ca", "cert", "key") if getattr(cluster, name)]
+    if given and len(given) < 3:
+        for name in ("ca", "cert", "key"):
+            if name not in given:
+                problems[f"cluster.{name}"] = "needed with the other TLS files (all three or none)"
+    endpoints = values["etcd_endpoints"] if isinstance(values["etcd_endpoints"], list) else []
+    schemes = {str(e).split("://")[0] for e in endpoints}
+    if "https" in schemes and not given and "etcd_endpoints" not in problems:
+        problems["cluster.ca"] = "https etcd endpoints need [cluster] ca, cert and key (the node's certificate)"
+    if given and "http" in schemes and "etcd_endpoints" not in problems:
+        problems["etcd_endpoints"] = "with [cluster] TLS files every endpoint must be https://"
+
+
 def parse(data: dict, default_node_name: str) -> Config:
     """Config from parsed TOML. Every problem is reported at once, keyed "section.key"."""
     problems: dict[str, str] = {}
@@ -303,6 +336,7 @@ def parse(data: dict, default_node_name: str) -> Config:
         if problem:
             problems[key] = problem
     tables = {name: _table(name, data.get(name), problems) for name in TABLES}
+    _cross_check(values, tables["cluster"], problems)
     if problems:
         raise ValidationError(problems, "bad configuration: " + "; ".join(
             f"{k}: {v}" for k, v in sorted(problems.items())))
@@ -321,6 +355,13 @@ def load(path: str | None = None) -> Config:
                 raise ValidationError({"file": f"{path} is not valid TOML: {exc}"},
                                       f"bad configuration: {path} is not valid TOML: {exc}") from None
     return parse(data, socket.gethostname())
+
+
+def open_store(cfg: Config):
+    """The cluster store as this node's configuration says (mutual TLS when it is in a cluster)."""
+    from cairn.cluster.store import ClientTls, Store
+    tls = ClientTls(cfg.cluster.ca, cfg.cluster.cert, cfg.cluster.key) if cfg.cluster.tls else None
+    return Store(cfg.etcd_endpoints, cfg.store_root, tls=tls)
 
 
 def as_dict(config: Config) -> dict[str, Any]:

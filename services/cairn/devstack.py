@@ -8,6 +8,9 @@ disks: everything lives in the state directory given.
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
+import secrets
 import signal
 import socket
 import sys
@@ -20,7 +23,8 @@ from pathlib import Path
 import requests
 
 from cairn import config as config_mod
-from cairn.cluster import etcd_settings
+from cairn.cluster import etcd_settings, pki
+from cairn.cluster.store import ClientTls
 from cairn.runner import Daemon, Runner
 
 
@@ -28,6 +32,23 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class MemberTls:
+    """A member's files for mutual TLS: the cluster CA and its node certificate (client + server)."""
+    ca: Path
+    cert: Path
+    key: Path
+
+    def etcd_flags(self) -> list[str]:
+        files = ["--trusted-ca-file", str(self.ca), "--cert-file", str(self.cert), "--key-file", str(self.key)]
+        peer = ["--peer-trusted-ca-file", str(self.ca), "--peer-cert-file", str(self.cert),
+                "--peer-key-file", str(self.key)]
+        return ["--client-cert-auth", *files, "--peer-client-cert-auth", *peer]
+
+    def client(self) -> ClientTls:
+        return ClientTls(str(self.ca), str(self.cert), str(self.key))
 
 
 @dataclass
@@ -38,14 +59,40 @@ class EtcdMember:
     peer_port: int
     data_dir: Path
     daemon: Daemon | None = None
+    tls: MemberTls | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{self.host}:{self.peer_port}"
+        return f"{self.scheme}://{self.host}:{self.peer_port}"
+
+    def get(self, path: str, timeout: float = 1.0) -> requests.Response:
+        """A request to the member as a client holding its certificate (when it has one)."""
+        if self.tls is None:
+            return requests.get(self.client_url + path, timeout=timeout)
+        return requests.get(self.client_url + path, timeout=timeout, verify=str(self.tls.ca),
+                            cert=(str(self.tls.cert), str(self.tls.key)))
+
+
+def make_member_tls(directory: Path, ca: "pki.KeyPair", node_id: str, names: list[str]) -> MemberTls:
+    """A node key and a certificate from the cluster CA, written under directory (keys 0600)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = pki.new_key()
+    cert = pki.sign_node(ca, pki.make_csr(key, node_id, names), datetime.datetime.now(datetime.timezone.utc))
+    files = MemberTls(directory / "ca.pem", directory / "node.pem", directory / "node.key")
+    files.ca.write_bytes(ca.cert_pem)
+    files.cert.write_bytes(cert)
+    fd = os.open(files.key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(key)
+    return files
 
 
 @dataclass
@@ -55,27 +102,48 @@ class EtcdCluster:
     members: list[EtcdMember] = field(default_factory=list)
     runner: Runner = field(default_factory=Runner)
 
+    ca: "pki.KeyPair | None" = None     # with a CA every member speaks mutual TLS only
+
     @classmethod
     def create(cls, base_dir: Path, size: int = 1, hosts: list[str] | None = None,
                client_ports: list[int] | None = None,
-               peer_ports: list[int] | None = None) -> "EtcdCluster":
+               peer_ports: list[int] | None = None, tls: bool = False) -> "EtcdCluster":
         hosts = hosts or ["127.0.0.1"] * size
         cluster = cls(base_dir)
+        if tls:
+            cluster.ca = pki.make_ca(base_dir.name, datetime.datetime.now(datetime.timezone.utc))
         for index in range(size):
-            host = hosts[index]
-            cluster.members.append(EtcdMember(
-                name=f"etcd{index}", host=host,
-                client_port=client_ports[index] if client_ports else free_port(host),
-                peer_port=peer_ports[index] if peer_ports else free_port(host), data_dir=base_dir / f"etcd{index}"))
+            cluster.members.append(cluster.new_member(
+                hosts[index], client_ports[index] if client_ports else None,
+                peer_ports[index] if peer_ports else None))
         return cluster
+
+    def new_member(self, host: str, client_port: int | None = None, peer_port: int | None = None) -> EtcdMember:
+        """A member (not started, not in `members`): with the cluster's CA, its own certificate."""
+        index = len(self.members)
+        while any(m.name == f"etcd{index}" for m in self.members) or (self.base_dir / f"etcd{index}").exists():
+            index += 1
+        name = f"etcd{index}"
+        tls = None
+        if self.ca:
+            node_id = secrets.token_hex(16)
+            tls = make_member_tls(self.base_dir / f"{name}-tls", self.ca, node_id, [host, "localhost"])
+        return EtcdMember(name=name, host=host, client_port=client_port or free_port(host),
+                          peer_port=peer_port or free_port(host), data_dir=self.base_dir / name, tls=tls)
+
+    def client_tls(self) -> ClientTls | None:
+        """Client files for a Store (the first member's certificate: any node's will do)."""
+        return self.members[0].tls.client() if self.ca else None
 
     @property
     def endpoints(self) -> list[str]:
         return [m.client_url for m in self.members]
 
-    def start_member(self, member: EtcdMember) -> None:
-        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
-        state = "existing" if (member.data_dir / "member").exists() else "new"
+    def start_member(self, member: EtcdMember, initial: str | None = None, state: str | None = None) -> None:
+        """Start a member; `initial`/`state` for a member that joins a running cluster (from
+        member_add's answer, state "existing")."""
+        initial = initial or ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        state = state or ("existing" if (member.data_dir / "member").exists() else "new")
         member.data_dir.mkdir(parents=True, exist_ok=True)
         member.daemon = self.runner.spawn([
             "etcd", "--name", member.name, "--data-dir", str(member.data_dir),
@@ -84,8 +152,38 @@ class EtcdCluster:
             "--initial-cluster", initial, "--initial-cluster-state", state,
             "--initial-cluster-token", f"cairn-{self.base_dir.name}",
             "--heartbeat-interval", "100", "--election-timeout", "1000",
-            "--log-level", "warn", *etcd_settings.flags(),
+            "--log-level", "warn", *etcd_settings.flags(), *(member.tls.etcd_flags() if member.tls else []),
         ], log_path=self.base_dir / f"{member.name}.log")
+
+    def join(self, member: EtcdMember, store, timeout: float = 30.0) -> str:
+        """Grow the running cluster by `member` the way a joining node does: added as a learner
+        (quorum unchanged), started with the membership etcd answered, then caught up. Returns
+        its member id (promote it with store.member_promote)."""
+        added, everyone = store.member_add([member.peer_url], learner=True)
+        named = {m.member_id: m.name for m in everyone}
+        named[added.member_id] = member.name
+        initial = ",".join(f"{named[m.member_id]}={url}" for m in everyone for url in m.peer_urls)
+        self.members.append(member)
+        self.start_member(member, initial=initial, state="existing")
+        self.wait_up(member, timeout)
+        return added.member_id
+
+    def wait_up(self, member: EtcdMember, timeout: float = 30.0) -> None:
+        """The member's server answers (a learner answers /version, not /health)."""
+        self._wait(member, lambda reply: reply.ok, "/version", "up", time.monotonic() + timeout, timeout)
+
+    def _wait(self, member: EtcdMember, good, path: str, what: str, deadline: float, timeout: float) -> None:
+        while True:
+            try:
+                if good(member.get(path)):
+                    return
+            except requests.RequestException:
+                pass
+            if member.daemon and not member.daemon.alive():
+                raise RuntimeError(f"etcd member {member.name} exited; see {self.base_dir}/{member.name}.log")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"etcd member {member.name} not {what} after {timeout} s")
+            time.sleep(0.1)
 
     def start(self, timeout: float = 30.0) -> "EtcdCluster":
         self.base_dir.mkdir(parents=True, exist_ok=True)
@@ -97,25 +195,18 @@ class EtcdCluster:
     def wait_healthy(self, timeout: float = 30.0, members: list[EtcdMember] | None = None) -> None:
         deadline = time.monotonic() + timeout
         for member in members or self.members:
-            while True:
-                try:
-                    reply = requests.get(member.client_url + "/health", timeout=1)
-                    if reply.ok and reply.json().get("health") == "true":
-                        break
-                except requests.RequestException:
-                    pass
-                if member.daemon and not member.daemon.alive():
-                    raise RuntimeError(f"etcd member {member.name} exited; see {self.base_dir}/{member.name}.log")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"etcd member {member.name} not healthy after {timeout} s")
-                time.sleep(0.1)
+            self._wait(member, lambda reply: reply.ok and reply.json().get("health") == "true", "/health",
+                       "healthy", deadline, timeout)
 
     def leader(self) -> EtcdMember:
         for member in self.members:
             if member.daemon is None or not member.daemon.alive():
                 continue
             try:
-                status = requests.post(member.client_url + "/v3/maintenance/status", json={}, timeout=1).json()
+                tls = {"verify": str(member.tls.ca), "cert": (str(member.tls.cert), str(member.tls.key))} \
+                    if member.tls else {}
+                status = requests.post(member.client_url + "/v3/maintenance/status", json={}, timeout=1,
+                                       **tls).json()
             except requests.RequestException:
                 continue
             if status.get("leader") == status.get("header", {}).get("member_id"):
@@ -180,7 +271,7 @@ def start_agent(config_path: Path, log_path: Path, runner: Runner | None = None)
 
 
 def start_web(config_path: Path, log_path: Path, runner: Runner | None = None) -> Daemon:
-    return (runner or Runner()).spawn([sys.executable, "-m", "cairn.web.server", "--config", str(config_path)],
+    return (runner or Runner()).spawn([sys.executable, "-m", "cairn.web.serve", "--config", str(config_path)],
                                       log_path=log_path)
 
 

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from support import start_stack  # noqa: E402
 from cairn.jobs import model  # noqa: E402
-from cairn.jobs.service import JobService  # noqa: E402
+from cairn.jobs.service import JobService, record_writes  # noqa: E402
 
 JOBS = 100
 CLIENTS = 4
@@ -55,7 +55,7 @@ def seed_jobs(stack) -> None:
         for step in range(12):
             record = model.advance(record, model.Progress(now, step * 8, f"step {step}", f"log line {step}"))
         record = model.advance(record, model.Succeed(now, {"store_latency": {"p50_ms": 1.0}}))
-        jobs.store.put(f"jobs/{record.id}", record.to_dict())
+        jobs.store.txn([], record_writes(record))     # record, listing order, log: as the agent stores them
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -46,6 +46,11 @@ def test_login_run_diagnostics_and_see_progress_reach_100(page, stack):
     log_in(page, stack)
     row = page.locator(f'tr[data-node="{stack.node}"]')
     expect(row).to_contain_text("online")
+    member = page.locator("#cluster-health tr[data-member]")
+    expect(member).to_have_count(1)
+    expect(member).to_contain_text("leader")
+    expect(member.locator("td").nth(1)).to_have_text("voter")
+    expect(page.locator("#quorum")).to_contain_text("1 of 1 voting members answer (1 needed): losing one more")
     page.screenshot(path=str(ARTIFACTS / "console-dashboard.png"), full_page=True)
 
     row.get_by_role("button", name="Run diagnostics").click()

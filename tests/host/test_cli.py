@@ -42,6 +42,16 @@ def test_node_list_as_table_and_json(ctl, stack):
     assert [n["name"] for n in json.loads(ctl("--json", "node", "list").stdout)] == [stack.node]
 
 
+def test_cluster_status_of_a_standalone_node(ctl, stack):
+    lines = ctl("cluster", "status").stdout.splitlines()
+    assert lines[0].split() == ["NAME", "ROLE", "LEADER", "REACHABLE", "RTT_MS", "DB_BYTES", "PEER"]
+    assert lines[1].split()[1:4] == ["voter", "yes", "yes"]
+    assert "quorum: 1 of 1 voters answer, 1 needed; losing one more voting member stops all changes" in lines[3]
+    assert lines[4] == "roles: a single node votes alone"
+    status = json.loads(ctl("--json", "cluster", "status").stdout)
+    assert status["leader"] == status["members"][0]["id"] and status["quorum"]["can_lose"] == 0
+
+
 def test_diagnose_wait_then_job_list_and_show(ctl, stack):
     job = json.loads(ctl("--json", "node", "diagnose", stack.node, "--samples", "10", "--wait").stdout)
     assert job["state"] == "success"

@@ -87,3 +87,20 @@ def test_history_settings_are_read_and_checked():
     with pytest.raises(ValidationError) as caught:
         config.parse({"history": {"job_keep_count": "lots", "job_keep_days": 0, "keep": 1}}, "n1")
     assert set(caught.value.fields) == {"history.job_keep_count", "history.job_keep_days", "history.keep"}
+
+
+def test_cluster_tls_files_come_all_three_or_none_and_https_endpoints_need_them():
+    files = {"ca": "/var/lib/cairn/cluster/ca.pem", "cert": "/var/lib/cairn/cluster/node.pem",
+             "key": "/var/lib/cairn/cluster/node.key"}
+    cfg = config.parse({"etcd_endpoints": ["https://10.77.1.11:2379"], "cluster": files}, "n")
+    assert cfg.cluster == config.ClusterConfig(**files) and cfg.cluster.tls
+    assert config.parse({}, "n").cluster.tls is False
+    with pytest.raises(ValidationError) as half:
+        config.parse({"etcd_endpoints": ["https://10.77.1.11:2379"], "cluster": {"ca": files["ca"]}}, "n")
+    assert set(half.value.fields) == {"cluster.cert", "cluster.key"}
+    with pytest.raises(ValidationError) as bare:
+        config.parse({"etcd_endpoints": ["https://10.77.1.11:2379"]}, "n")
+    assert "need [cluster] ca, cert and key" in bare.value.fields["cluster.ca"]
+    with pytest.raises(ValidationError) as plain:
+        config.parse({"etcd_endpoints": ["http://127.0.0.1:2379"], "cluster": files}, "n")
+    assert "must be https://" in plain.value.fields["etcd_endpoints"]

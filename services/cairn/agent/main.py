@@ -64,7 +64,7 @@ class Agent:
     def __init__(self, cfg: config_mod.Config, store: Store | None = None) -> None:
         self.cfg = cfg
         self.node = cfg.node_name
-        self.store = store or Store(cfg.etcd_endpoints, cfg.store_root)
+        self.store = store or config_mod.open_store(cfg)
         self.jobs = JobService(self.store)
         self.runner = Runner()
         self.stop = threading.Event()

@@ -111,6 +111,23 @@ def cmd_node_list(client: Client, args) -> int:
     return 0
 
 
+MEMBER_COLUMNS = [("NAME", "name"), ("ROLE", "role"), ("LEADER", "leader"), ("REACHABLE", "reachable"),
+                  ("RTT_MS", "rtt_ms"), ("DB_BYTES", "db_size"), ("PEER", "peer_urls")]
+
+
+def cmd_cluster_status(client: Client, args) -> int:
+    status = client.call("GET", "/cluster")
+
+    def render(data: dict[str, Any]) -> str:
+        rows = [dict(m, peer_urls=",".join(m["peer_urls"])) for m in data["members"]]
+        quorum = data["quorum"]
+        return "\n".join([table(rows, MEMBER_COLUMNS), "",
+                          f"quorum: {quorum['voters_up']} of {quorum['voters']} voters answer, "
+                          f"{quorum['quorum']} needed; {quorum['text']}", f"roles: {data['roles']}"])
+    show(status, args.json, render)
+    return 0 if status["quorum"]["has_quorum"] else 1
+
+
 def cmd_node_diagnose(client: Client, args) -> int:
     job = client.call("POST", f"/nodes/{args.node}/diagnostics", {"samples": args.samples})
     if args.wait:
@@ -176,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--samples", type=int, default=20)
     diagnose.add_argument("--wait", action="store_true", help="wait until the job ends")
     diagnose.set_defaults(func=cmd_node_diagnose)
+
+    cluster = sub.add_parser("cluster", help="the cluster").add_subparsers(dest="action", required=True)
+    cluster.add_parser("status", help="members of the cluster store, quorum, what losing a node would do") \
+        .set_defaults(func=cmd_cluster_status)
 
     storage.add_parsers(sub)
     shares.add_parsers(sub)

@@ -20,6 +20,7 @@ import base64
 import copy
 import json
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -30,6 +31,8 @@ from etcd3gw import exceptions as etcd_errors
 from cairn.errors import CairnError, Conflict, NotFound, Unavailable
 
 SCHEMA_VERSION = 1
+MEMBER_WAIT = 30.0          # seconds a membership change waits for etcd to accept it
+MEMBER_WAIT_FOR = ("unhealthy cluster", "in sync with leader")   # etcd's "not yet" answers
 GET_MANY_CHUNK = 100        # reads per transaction (etcd refuses more than --max-txn-ops)
 # MIGRATIONS[i] upgrades version i to i+1. Version 0 means "empty store".
 MIGRATIONS: list[Callable[["Store"], None]] = [lambda store: None]
@@ -41,6 +44,20 @@ def _b64(text: str) -> str:
 
 def _unb64(text: str) -> str:
     return base64.b64decode(text).decode()
+
+
+def _status(endpoint: str, result: dict[str, Any]) -> "MemberStatus":
+    return MemberStatus(endpoint=endpoint, member_id=str(result.get("header", {}).get("member_id", "")),
+                        db_size=int(result.get("dbSize", 0)),
+                        db_size_in_use=int(result.get("dbSizeInUse", result.get("dbSize", 0))),
+                        revision=int(result.get("header", {}).get("revision", 0)),
+                        leader=str(result.get("leader", "")), version=str(result.get("version", "")))
+
+
+def _member(raw: dict[str, Any]) -> "Member":
+    return Member(member_id=str(raw.get("ID", "")), name=str(raw.get("name", "")),
+                  peer_urls=list(raw.get("peerURLs", [])), client_urls=list(raw.get("clientURLs", [])),
+                  learner=bool(raw.get("isLearner", False)))
 
 
 def _prefix_end(prefix: str) -> str:
@@ -140,10 +157,29 @@ def encode_txn(root: str, compares: Sequence[Compare], success: Sequence[Put | D
             "failure": [op(o) for o in failure]}
 
 
+@dataclass(frozen=True)
+class ClientTls:
+    """Mutual TLS towards etcd: the cluster CA, and this node's certificate and key."""
+    ca: str
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Member:
+    member_id: str          # decimal, as etcd's JSON gateway gives it
+    name: str               # empty until a member added by member_add has started
+    peer_urls: list[str]
+    client_urls: list[str]
+    learner: bool
+
+
 class Store:
-    def __init__(self, endpoints: Sequence[str], root: str = "/cairn", timeout: float = 5.0) -> None:
+    def __init__(self, endpoints: Sequence[str], root: str = "/cairn", timeout: float = 5.0,
+                 tls: ClientTls | None = None) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
+        self.tls = tls
         self.endpoints = list(endpoints)
         self.root = root
         self.timeout = timeout
@@ -160,8 +196,17 @@ class Store:
     def _client(self, url: str) -> Etcd3Client:
         protocol, rest = url.split("://", 1)
         host, _, port = rest.rstrip("/").rpartition(":")
+        if self.tls is None:
+            return Etcd3Client(host=host, port=int(port), protocol=protocol, timeout=self.timeout,
+                               api_path="/v3/")
+        session = requests.Session()
+        # Not from the environment: REQUESTS_CA_BUNDLE would replace the cluster CA, a proxy
+        # variable would send cluster traffic elsewhere.
+        session.trust_env = False
+        session.verify = self.tls.ca
+        session.cert = (self.tls.cert, self.tls.key)
         return Etcd3Client(host=host, port=int(port), protocol=protocol, timeout=self.timeout,
-                           api_path="/v3/")
+                           api_path="/v3/", session=session)
 
     def full_key(self, key: str) -> str:
         return f"{self.root}/{key}"
@@ -393,13 +438,71 @@ class Store:
     # --- maintenance (per member) -------------------------------------------------------------
     def member_status(self, endpoint: int = 0) -> MemberStatus:
         """Database size, size in use and raft state of the member behind endpoints[endpoint]."""
-        result = self._post_to(endpoint, "/maintenance/status", {})
-        return MemberStatus(endpoint=self.endpoints[endpoint],
-                            member_id=str(result.get("header", {}).get("member_id", "")),
-                            db_size=int(result.get("dbSize", 0)),
-                            db_size_in_use=int(result.get("dbSizeInUse", result.get("dbSize", 0))),
-                            revision=int(result.get("header", {}).get("revision", 0)),
-                            leader=str(result.get("leader", "")), version=str(result.get("version", "")))
+        return _status(self.endpoints[endpoint], self._post_to(endpoint, "/maintenance/status", {}))
+
+    def status_at(self, url: str, timeout: float = 1.0) -> MemberStatus:
+        """The status of any member, by its client URL (e.g. another node's, from the member list),
+        reached with this store's credentials."""
+        client = self._client(url)
+        try:
+            response = client.session.post(client.get_url("/maintenance/status"), json={}, timeout=timeout)
+        except requests.exceptions.RequestException as exc:
+            raise Unavailable(f"etcd member {url} did not answer: {_short(exc)}") from exc
+        if response.status_code != 200:
+            raise Unavailable(f"etcd member {url} refused a status request: {response.text.strip()[:200]}")
+        return _status(url, response.json())
+
+    # --- membership (etcd's cluster API) -------------------------------------------------------
+    def members(self) -> list[Member]:
+        result = self._member_post("/cluster/member/list", {})
+        return [_member(m) for m in result.get("members", [])]
+
+    def member_add(self, peer_urls: list[str], learner: bool, wait: float = MEMBER_WAIT) -> tuple[Member, list[Member]]:
+        """Add a member (a learner: it gets the data but does not vote, so quorum is unchanged until
+        it is promoted). Returns the new member and the whole membership, for its --initial-cluster.
+        Adding the same peer URLs again (a retry after a lost answer) returns the member added."""
+        try:
+            result = self._member_post("/cluster/member/add", {"peerURLs": peer_urls, "isLearner": learner}, wait)
+        except CairnError as refused:
+            if "Peer URLs already exists" not in str(refused):
+                raise
+            everyone = self.members()
+            same = [m for m in everyone if sorted(m.peer_urls) == sorted(peer_urls)]
+            if not same or same[0].name:
+                raise Conflict(f"a member with peer address {', '.join(peer_urls)} is already in the cluster") from None
+            return same[0], everyone
+        return _member(result.get("member", {})), [_member(m) for m in result.get("members", [])]
+
+    def member_promote(self, member_id: str, wait: float = MEMBER_WAIT) -> None:
+        """A learner becomes a voting member, once its log has caught up with the leader's
+        (waits up to `wait` seconds for that)."""
+        self._member_post("/cluster/member/promote", {"ID": member_id}, wait)
+
+    def member_remove(self, member_id: str, wait: float = MEMBER_WAIT) -> None:
+        self._member_post("/cluster/member/remove", {"ID": member_id}, wait)
+
+    def _member_post(self, path: str, body: dict[str, Any], wait: float = MEMBER_WAIT) -> dict[str, Any]:
+        """A membership call to the first member that answers. etcd refuses a change for a few
+        seconds after the last one ("unhealthy cluster": a new voter must have been up 5 s) and
+        promotes only a learner in sync: both are waited out for up to `wait` seconds."""
+        deadline = time.monotonic() + wait
+        while True:
+            with self._lock:
+                start = self._current
+            unreachable: list[str] = []
+            for step in range(len(self._clients)):
+                index = (start + step) % len(self._clients)
+                try:
+                    return self._post_to(index, path, body)
+                except Unavailable as exc:
+                    unreachable.append(str(exc))
+                except CairnError as exc:
+                    if not any(text in str(exc) for text in MEMBER_WAIT_FOR) or time.monotonic() > deadline:
+                        raise
+                    break
+            else:
+                raise Unavailable("the cluster store (etcd) is unreachable: " + "; ".join(unreachable))
+            time.sleep(0.5)
 
     def alarms(self) -> list[dict[str, str]]:
         """Active etcd alarms (NOSPACE: the quota is reached and the store refuses writes)."""

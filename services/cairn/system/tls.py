@@ -8,7 +8,6 @@ extra names given. Existing files are never replaced (first start only).
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from cairn.cluster import pki
 
 
 @dataclass(frozen=True)
@@ -39,16 +40,6 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def _san(names: list[str]) -> x509.SubjectAlternativeName:
-    entries: list[x509.GeneralName] = []
-    for name in dict.fromkeys(names):
-        try:
-            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            entries.append(x509.DNSName(name))
-    return x509.SubjectAlternativeName(entries)
-
-
 def ensure_tls(state_dir: Path, hostname: str, extra_names: list[str] = ()) -> TlsFiles:
     tls_dir = state_dir / "tls"
     tls_dir.mkdir(parents=True, exist_ok=True)
@@ -56,20 +47,9 @@ def ensure_tls(state_dir: Path, hostname: str, extra_names: list[str] = ()) -> T
     if files.ca.exists() and files.cert.exists() and files.key.exists():
         return files
     now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Cairn"),
-                         x509.NameAttribute(NameOID.COMMON_NAME, f"Cairn CA {hostname}")])
-    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=3650))
-               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                            content_commitment=False, key_encipherment=False,
-                                            data_encipherment=False, key_agreement=False,
-                                            encipher_only=False, decipher_only=False), critical=True)
-               .sign(ca_key, hashes.SHA256()))
+    ca = pki.self_signed_ca(f"Cairn CA {hostname}", now)
+    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    ca_name = x509.load_pem_x509_certificate(ca.cert_pem).subject
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
@@ -77,15 +57,15 @@ def ensure_tls(state_dir: Path, hostname: str, extra_names: list[str] = ()) -> T
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=825))
-            .add_extension(_san([hostname, "localhost", "127.0.0.1", *extra_names]), critical=False)
+            .add_extension(pki.alternative_names([hostname, "localhost", "127.0.0.1", *extra_names]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                            critical=False)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    _write_private(tls_dir / "ca.key", _key_pem(ca_key))
+    _write_private(tls_dir / "ca.key", ca.key_pem)
     _write_private(files.key, _key_pem(key))
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.ca.write_bytes(ca.cert_pem)
     return files

@@ -10,6 +10,7 @@ from flask import Response, request, session
 
 from cairn import __version__
 from cairn.cluster import events, history, nodes
+from cairn.cluster.health import cluster_health
 from cairn.errors import NotFound, Unavailable, ValidationError
 from cairn.jobs.model import summary
 from cairn.web import schemas, streams
@@ -51,6 +52,15 @@ def health():
         responses={200: "The store's health", 503: "The cluster store is unreachable"})
 def store_health():
     return history.store_health(services()["store"])
+
+
+@bp.get("/cluster")
+@bp.output(schemas.ClusterOut)
+@bp.doc(summary="The cluster store's members: voters and learners, the leader, quorum and what losing "
+                "one more node would do", security=["token", "session"],
+        responses={200: "The members, as this node sees them", 503: "The cluster store is unreachable"})
+def cluster():
+    return cluster_health(services()["store"])
 
 
 @bp.post("/auth/login")

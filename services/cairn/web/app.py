@@ -31,7 +31,7 @@ from flask import Response, current_app, g, jsonify, redirect, render_template, 
 from gevent import monkey
 from werkzeug.exceptions import HTTPException
 
-from cairn import __version__
+from cairn import __version__, config as config_mod
 from cairn.cluster.store import Store
 from cairn.config import Config
 from cairn.errors import (AuthenticationError, CairnError, RateLimited, Unavailable, ValidationError,
@@ -68,7 +68,7 @@ def create_app(cfg: Config, store: Store | None = None) -> APIFlask:
         HTTP_ERROR_SCHEMA=schemas.ErrorOut,
         VALIDATION_ERROR_SCHEMA=schemas.ErrorOut,
     )
-    store = store or Store(cfg.etcd_endpoints, cfg.store_root)
+    store = store or config_mod.open_store(cfg)
     app.extensions["cairn"] = {"cfg": cfg, "store": store, "auth": Auth(store, verify=off_the_loop(check_password)),
                                "jobs": JobService(store), "hub": streams.EventHub(store)}
     registry.load_all()

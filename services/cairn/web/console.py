@@ -11,6 +11,7 @@ from apiflask import APIBlueprint
 from flask import g, redirect, render_template, request, session, url_for
 
 from cairn.cluster import events, history, nodes
+from cairn.cluster.health import cluster_health
 from cairn.errors import AuthenticationError, CairnError, RateLimited, ValidationError
 from cairn.jobs.model import summary
 from cairn.web.app import services
@@ -69,7 +70,7 @@ def dashboard():
     return render_template("dashboard.html", nodes=nodes.list_nodes(store),
                            jobs=[summary(j) for j in services()["jobs"].list(limit=8)],
                            events=events.recent(store, limit=10), now=time.time(),
-                           store_health=history.store_health(store))
+                           store_health=history.store_health(store), cluster=cluster_health(store))
 
 
 @bp.post("/nodes/<name>/diagnostics")

@@ -79,6 +79,36 @@ class StoreHealthOut(Schema):
     warning = String(allow_none=True, metadata=d("What needs the admin's attention, or null"))
 
 
+class ClusterMemberOut(Schema):
+    id = String(metadata=d("etcd member id (decimal)"))
+    name = String(metadata=d("The member's name (its node), or '(not started yet)'"))
+    role = String(metadata=d("'voter' (counts for quorum) or 'learner' (holds every change, does not vote)"))
+    leader = Boolean(metadata=d("True for the member that leads the store now"))
+    reachable = Boolean(metadata=d("The member answered a status request just now"))
+    peer_urls = List(String(metadata=d("A peer URL")), metadata=d("Where members reach it"))
+    client_urls = List(String(metadata=d("A client URL")), metadata=d("Where clients reach it"))
+    rtt_ms = Float(allow_none=True, metadata=d("Round trip of its status request from this node, ms"))
+    db_size = Integer(allow_none=True, metadata=d("Bytes of its database file"))
+    version = String(allow_none=True, metadata=d("Its etcd version"))
+    error = String(metadata=d("Why it did not answer ('' when it did)"))
+
+
+class QuorumOut(Schema):
+    voters = Integer(metadata=d("Voting members"))
+    voters_up = Integer(metadata=d("Voting members that answer"))
+    quorum = Integer(metadata=d("How many voters must answer for the store to accept changes"))
+    can_lose = Integer(metadata=d("How many more voters can be lost with the store still working"))
+    has_quorum = Boolean(metadata=d("The store can accept changes now"))
+    text = String(metadata=d("What losing one more node would do, in a sentence"))
+
+
+class ClusterOut(Schema):
+    members = List(Nested(ClusterMemberOut), metadata=d("The cluster store's members"))
+    leader = String(metadata=d("Member id of the leader ('' when there is none)"))
+    quorum = Nested(QuorumOut, metadata=d("Quorum now, and what the cluster can lose"))
+    roles = String(metadata=d("Why the members have the roles they have"))
+
+
 class DiskUsageOut(Schema):
     kind = String(metadata=d("What uses the disk: system, pool, md, in-use or free (only free disks can be used)"))
     detail = String(metadata=d("In words, e.g. 'pool tank' or 'vda2 is mounted at /'"))

@@ -8,10 +8,12 @@ and costs a little memory, never a request worker. Slow clients are bounded by t
 by threads: the TLS handshake (HANDSHAKE_SECONDS), the request headers (gunicorn's keepalive
 timeout) and the body (cairn.web.guards.DeadlineInput).
 
-Monkey-patching is gunicorn's: its gevent worker patches the standard library when the worker
-process starts. So the master only prepares (store schema, admin user) and starts gunicorn; each
-worker builds its own app, store client and event hub after the patch (`_Gunicorn.load`), so every
-lock, socket and thread they make is cooperative. Password checks (argon2) go to gevent's thread
+Monkey-patching comes first: the entry point (cairn.web.serve) patches the standard library before
+this module is imported, so ssl is patched before the store client imports it (etcd over mutual
+TLS needs that); gunicorn's gevent worker patches again at its start, which changes nothing. The
+master only prepares (store schema, admin user) and starts gunicorn; each worker builds its own
+app, store client and event hub (`_Gunicorn.load`), so every lock, socket and thread they make is
+the worker's own. Password checks (argon2) go to gevent's thread
 pool (cairn.web.app.off_the_loop).
 
 Logs: every handler (ours and gunicorn's error and access logs) writes one line per record:
@@ -25,10 +27,8 @@ import copy
 import logging
 import socket
 import time
-import warnings
 
 import gevent
-from gevent.monkey import MonkeyPatchWarning
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
@@ -116,7 +116,7 @@ class _Gunicorn(BaseApplication):
 
     def load(self):
         """In each worker, after gevent's patch: the app with its own store client and event hub."""
-        app = create_app(self.cairn_cfg, Store(self.cairn_cfg.etcd_endpoints, self.cairn_cfg.store_root))
+        app = create_app(self.cairn_cfg, config_mod.open_store(self.cairn_cfg))
         app.wsgi_app = guards.BodyDeadlines(app.wsgi_app, gevent.Timeout)
         return app
 
@@ -173,15 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     one_line_logs(logging.getLogger())
-    # The worker patches ssl after urllib3 (the store's HTTP client, through requests) has imported
-    # names from it. Those serve HTTPS client connections only, and cairn-web's one outbound
-    # connection is etcd over http. Were etcd reached over https, the patch would have to come first.
-    warnings.filterwarnings("ignore", message="Monkey-patching ssl after ssl has already been imported",
-                            category=MonkeyPatchWarning)
     cfg = config_mod.load(args.config)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     tls = ensure_tls(cfg.state_dir, socket.gethostname(), [cfg.node_name])
-    prepare(cfg, Store(cfg.etcd_endpoints, cfg.store_root))
+    prepare(cfg, config_mod.open_store(cfg))
     _Gunicorn(cfg, options(cfg, str(tls.cert), str(tls.key))).run()
     return 0
 
