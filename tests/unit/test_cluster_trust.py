@@ -187,3 +187,52 @@ def test_the_health_view_names_the_leader_and_lists_a_member_not_started_yet_las
     assert view["quorum"]["voters"] == 2 and view["quorum"]["can_lose"] == 0
     split = summarise(members[1:], [Probe("1", status("1", "1"), 1.0), Probe("2", status("2", "2"), 1.0)])
     assert split["leader"] == ""          # members that disagree on the leader: none is named
+
+
+# --- merge ----------------------------------------------------------------------------------------
+def test_a_join_is_refused_listing_every_name_already_used_in_the_cluster():
+    from cairn.cluster import merge
+    joining = ["pools/tank", "volumes/tank/media", "shares/Office", "vms/web", "share-users/alice",
+               "images/tank/debian.iso", "nodes/new", "jobs/1", "status/new/pools/tank"]
+    cluster = ["pools/tank", "vms/web", "share-users/bob", "shares/Public", "volumes/tank/media"]
+    assert merge.clashes(joining, cluster) == ["VM web", "pool tank"]
+    with pytest.raises(Conflict, match="2 names of this node are already used in the cluster: VM web, "
+                                       "pool tank; rename them on one side"):
+        merge.check_no_clash(joining, cluster)
+    merge.check_no_clash(["pools/vault", "vms/db"], cluster)
+    assert merge.brought(joining) == ["images/tank/debian.iso", "pools/tank", "share-users/alice",
+                                      "shares/Office", "vms/web", "volumes/tank/media"]
+
+
+# --- etcd member environment ----------------------------------------------------------------------
+def test_a_cluster_members_etcd_listens_on_the_cluster_address_and_loopback_over_mutual_tls_only():
+    from cairn.cluster import etcd_settings
+    env = dict(line.split("=", 1) for line in etcd_settings.member_environment(
+        "cairn-0a1b2c", "10.77.1.11", "/var/lib/cairn/cluster/ca.pem", "/var/lib/cairn/cluster/node.pem",
+        "/var/lib/cairn/cluster/node.key", {"cairn-0a1b2c": "https://10.77.1.11:2380",
+                                            "cairn-9f8e7d": "https://10.77.1.12:2380"}).splitlines())
+    assert env["ETCD_LISTEN_CLIENT_URLS"] == "https://10.77.1.11:2379,https://127.0.0.1:2379"
+    assert env["ETCD_LISTEN_PEER_URLS"] == "https://10.77.1.11:2380"
+    assert all(env[k] == "true" for k in ("ETCD_CLIENT_CERT_AUTH", "ETCD_PEER_CLIENT_CERT_AUTH"))
+    assert not [v for v in env.values() if v.startswith("http://") or ",http://" in v]
+    assert env["ETCD_INITIAL_CLUSTER"] == "cairn-0a1b2c=https://10.77.1.11:2380,cairn-9f8e7d=https://10.77.1.12:2380"
+    assert env["ETCD_INITIAL_CLUSTER_STATE"] == "existing"
+    alone = etcd_settings.member_environment("n", "fd00::11", "/c", "/n", "/k")
+    assert "ETCD_ADVERTISE_CLIENT_URLS=https://[fd00::11]:2379\n" in alone and "INITIAL_CLUSTER" not in alone
+    with pytest.raises(ValueError, match="ETCD_NAME"):
+        etcd_settings.member_environment("bad\nETCD_X=1", "10.77.1.11", "/c", "/n", "/k")
+
+
+# --- lost nodes -----------------------------------------------------------------------------------
+def test_a_lost_nodes_running_jobs_fail_at_once_and_its_queued_ones_after_the_grace():
+    from cairn.cluster.lost_nodes import Decision, decide
+    known = {"a", "b", "c"}
+    first = decide(known, alive={"a", "c"}, lost_since={}, running={"b": ["j1"], "a": ["j2"]},
+                   queued={"b": ["j3"]}, now=100.0, queued_grace=60)
+    assert first == Decision(newly_lost=["b"], back=[], fail_running=[("b", "j1")], fail_queued=[])
+    later = decide(known, alive={"a", "c"}, lost_since={"b": 100.0}, running={}, queued={"b": ["j3"]},
+                   now=160.0, queued_grace=60)
+    assert later == Decision(fail_queued=[("b", "j3")])
+    back = decide(known, alive={"a", "b", "c"}, lost_since={"b": 100.0}, running={}, queued={"b": ["j4"]},
+                  now=170.0)
+    assert back == Decision(back=["b"])

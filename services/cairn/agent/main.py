@@ -15,6 +15,8 @@ Loops (threads):
   - smart: reads every disk's SMART each storage.smart_interval seconds, events on degradation;
   - history: prunes job and event history, defragments the local etcd member, warns before the
     store's quota (cluster.history).
+  - lost nodes: a node whose lease is gone is said in an event and its jobs are failed instead of
+    hanging (cluster.lost_nodes; one agent of the cluster per round).
 Nothing is rewritten periodically: records are written when they change; liveness is the lease.
 At start, jobs that were `running` on this node are marked failed: the agent that ran them is gone.
 If the node lease is lost (the store was unreachable longer than its TTL), a new one is granted.
@@ -32,6 +34,7 @@ from cairn import __version__, config as config_mod
 from cairn.agent.reconcile import ReconcileLoop
 from cairn.cluster import nodes
 from cairn.cluster.history import HistoryKeeper
+from cairn.cluster.lost_nodes import ROUND_SECONDS as LOST_NODES_ROUND, LostNodes
 from cairn.cluster.store import Store
 from cairn.errors import CairnError
 from cairn.jobs import registry
@@ -76,6 +79,7 @@ class Agent:
         self._disks_at = float("-inf")
         self.publisher = nodes.NodePublisher(self.store, self.node)
         self.history = HistoryKeeper(self.store, self.node, cfg.history)
+        self.lost_nodes = LostNodes(self.store, self.node)
         self.executor = Executor(self.jobs, self.node, self.runner, self.lease, config=cfg,
                                  after_job=self._after_job)
         self.monitor = StorageMonitor(self.runner, self.store, self.node, cfg.storage)
@@ -251,6 +255,8 @@ class Agent:
             threading.Thread(target=self._vm_loop, name="vms", daemon=True),
             threading.Thread(target=self._loop, args=("history", self.history.settings.interval,
                                                       self.history.run_once), name="history", daemon=True),
+            threading.Thread(target=self._loop, args=("lost-nodes", LOST_NODES_ROUND, self.lost_nodes.run_once),
+                             name="lost-nodes", daemon=True),
             threading.Thread(target=self._loop, args=("smart", self.cfg.storage.smart_interval,
                                                       self.monitor.poll_smart), name="smart", daemon=True),
         ]

@@ -59,3 +59,35 @@ def quota_warning(db_size: int, quota: int = QUOTA_BYTES) -> str | None:
     return (f"the cluster store's database is {db_size / 1024 ** 2:.0f} MiB of its "
             f"{quota / 1024 ** 2:.0f} MiB quota ({100 * db_size / quota:.0f} %): at the quota it "
             "refuses every change. Delete old jobs, events or snapshots' records, or raise the quota.")
+
+
+CLIENT_PORT = 2379
+PEER_PORT = 2380
+
+
+def member_environment(name: str, cluster_ip: str, ca: str, cert: str, key: str,
+                       initial_cluster: dict[str, str] | None = None) -> str:
+    """/etc/cairn/etcd.env of a cluster member (pure; the file overrides the image's loopback-only
+    drop-in). Clients reach it on the cluster address and on loopback, peers on the cluster address,
+    both over mutual TLS with certificates from the cluster CA only. `initial_cluster` (name → peer
+    URL, the member itself included) is given when the member joins a running cluster; without it
+    the member already has its data (it created the cluster, or it restarts)."""
+    host = f"[{cluster_ip}]" if ":" in cluster_ip else cluster_ip
+    lines = {
+        "ETCD_NAME": name,
+        "ETCD_LISTEN_CLIENT_URLS": f"https://{host}:{CLIENT_PORT},https://127.0.0.1:{CLIENT_PORT}",
+        "ETCD_ADVERTISE_CLIENT_URLS": f"https://{host}:{CLIENT_PORT}",
+        "ETCD_LISTEN_PEER_URLS": f"https://{host}:{PEER_PORT}",
+        "ETCD_INITIAL_ADVERTISE_PEER_URLS": f"https://{host}:{PEER_PORT}",
+        "ETCD_CLIENT_CERT_AUTH": "true", "ETCD_TRUSTED_CA_FILE": ca,
+        "ETCD_CERT_FILE": cert, "ETCD_KEY_FILE": key,
+        "ETCD_PEER_CLIENT_CERT_AUTH": "true", "ETCD_PEER_TRUSTED_CA_FILE": ca,
+        "ETCD_PEER_CERT_FILE": cert, "ETCD_PEER_KEY_FILE": key,
+    }
+    if initial_cluster:
+        lines["ETCD_INITIAL_CLUSTER"] = ",".join(f"{n}={url}" for n, url in sorted(initial_cluster.items()))
+        lines["ETCD_INITIAL_CLUSTER_STATE"] = "existing"
+    for key_name, value in lines.items():
+        if not value or any(c in value for c in "\n\r\"'\\ $`"):
+            raise ValueError(f"{key_name}: {value!r} cannot go into an environment file")
+    return "".join(f"{key_name}={value}\n" for key_name, value in lines.items())
