@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from cairn.cluster import nodes
 from cairn.errors import NotFound, PreconditionFailed, ValidationError
 from cairn.jobs import model, registry
 from cairn.jobs.executor import Executor
@@ -50,6 +51,7 @@ def jobs(store):
 @pytest.fixture
 def executor(jobs, node, store):
     lease = store.grant_lease(30)
+    nodes.mark_alive(store, node, lease, time.time())     # as the agent does: jobs run under this lease
     return Executor(jobs, node, Runner(), lambda: lease)
 
 

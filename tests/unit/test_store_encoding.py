@@ -3,7 +3,7 @@
 import base64
 import json
 
-from cairn.cluster.store import Delete, Put, _prefix_end, absent, encode_txn, unchanged
+from cairn.cluster.store import Delete, Put, _prefix_end, absent, encode_txn, held_by, unchanged
 
 
 def b64(text):
@@ -30,3 +30,9 @@ def test_create_if_absent_and_cas_encode_as_etcd_expects():
         ],
         "failure": [],
     }
+
+
+def test_a_fence_compares_the_lease_a_key_is_bound_to():
+    body = encode_txn("/cairn", [held_by("node-alive/n1", 0x1f)], [Put("jobs/1", {})])
+    assert body["compare"] == [{"key": b64("/cairn/node-alive/n1"), "target": "LEASE", "result": "EQUAL",
+                                "lease": "31"}]

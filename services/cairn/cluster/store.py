@@ -99,7 +99,7 @@ class MemberStatus:
 @dataclass(frozen=True)
 class Compare:
     key: str
-    target: str         # "MOD" | "CREATE" | "VERSION" | "VALUE"
+    target: str         # "MOD" | "CREATE" | "VERSION" | "VALUE" | "LEASE"
     op: str             # "EQUAL" | "NOT_EQUAL" | "GREATER" | "LESS"
     value: Any
 
@@ -110,6 +110,12 @@ def absent(key: str) -> Compare:
 
 def unchanged(key: str, mod_revision: int) -> Compare:
     return Compare(key, "MOD", "EQUAL", mod_revision)
+
+
+def held_by(key: str, lease: int) -> Compare:
+    """The key exists bound to this lease: a fencing token. A writer whose lease expired (its key
+    gone, or now bound to a newer lease) fails this compare, so it cannot write as if it held it."""
+    return Compare(key, "LEASE", "EQUAL", lease)
 
 
 @dataclass(frozen=True)
@@ -135,7 +141,7 @@ def encode_txn(root: str, compares: Sequence[Compare], success: Sequence[Put | D
     def compare(c: Compare) -> dict[str, Any]:
         body: dict[str, Any] = {"key": _b64(full(c.key)), "target": c.target, "result": c.op}
         field = {"MOD": "mod_revision", "CREATE": "create_revision",
-                 "VERSION": "version", "VALUE": "value"}[c.target]
+                 "VERSION": "version", "VALUE": "value", "LEASE": "lease"}[c.target]
         body[field] = _b64(json.dumps(c.value, sort_keys=True)) if c.target == "VALUE" else str(c.value)
         return body
 

@@ -1,7 +1,11 @@
 """Runs the jobs addressed to one node. Used only by that node's agent (the job records' writer).
 
 A job goes: queued → (locks taken, all at once, bound to the node lease) → running → ended; locks
-are freed at the end whatever happens. Progress writes are throttled to about one a second; state
+are freed at the end whatever happens. Fencing: a job runs under the node lease it started with;
+every write for it (start, progress, end) holds only while `node-alive/<node>` is still bound to
+that lease (store.held_by). A node that lost its lease (cut off from the store for longer than the
+TTL, while the cluster failed its jobs: cluster.lost_nodes) gets LeaseLost at its next write: the
+job's thread stops there and writes nothing more, so it never overwrites what the cluster decided. Progress writes are throttled to about one a second; state
 changes are written at once. Abort requests are honoured between steps, where the handler calls
 `ctx.check_abort()`; a queued job is aborted before it starts.
 """
@@ -17,7 +21,8 @@ from cairn.cluster import events
 from cairn.errors import CairnError, CommandFailed, Conflict
 from cairn.jobs import model, registry
 from cairn.jobs.model import Job
-from cairn.jobs.service import JobService
+from cairn.cluster.store import Compare, held_by
+from cairn.jobs.service import JobService, LeaseLost
 from cairn.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -34,8 +39,9 @@ class JobContext:
 
     def __init__(self, service: JobService, job: Job, runner: Runner,
                  clock: Callable[[], float] = time.time, config=None,
-                 after_job: Callable[[Job], None] | None = None) -> None:
+                 after_job: Callable[[Job], None] | None = None, fence: Compare | None = None) -> None:
         self.service = service
+        self.fence = fence            # the node lease the job runs under (None in bare tests)
         self.config = config
         self.after_job = after_job    # runs before the end is recorded (e.g. republish the disk inventory)          # the node's cairn.config.Config (None in bare tests)
         self.store = service.store
@@ -63,7 +69,7 @@ class JobContext:
         self.progress(message=message)
 
     def flush(self) -> None:
-        self.service.write_progress(self.job, self.written_count)
+        self.service.write_progress(self.job, self.written_count, self.fence)
         self.written_count = self.job.log_count
         self._last_write = time.monotonic()
         self._pending = False
@@ -124,27 +130,34 @@ class Executor:
             self.service.apply(job, model.Fail(self.clock(), f"this node does not know job kind {job.kind!r}"),
                                expect_revision=revision)
             return
-        blocked = self.service.acquire_locks(job, self.lease())
+        lease = self.lease()
+        fence = held_by(f"node-alive/{self.node}", lease)
+        blocked = self.service.acquire_locks(job, lease)
         if blocked is not None:
             holder = self.service.lock_holder(blocked) or {}
             if job.waiting_for != blocked:
                 self.service.apply(job, model.Wait(blocked, holder.get("job", "?")), expect_revision=revision)
             return
         try:
-            started = self.service.apply(job, model.Start(self.clock()), expect_revision=revision)
-        except Conflict:
+            started = self.service.apply(job, model.Start(self.clock()), expect_revision=revision, fence=fence)
+        except (Conflict, LeaseLost):
             self.service.release_locks(job)
-            raise
-        thread = threading.Thread(target=self._run, args=(started, kind), name=f"job-{job.id}", daemon=True)
+            raise Conflict(f"job {job.id} not started: changed meanwhile, or the node lease was lost") from None
+        thread = threading.Thread(target=self._run, args=(started, kind, fence), name=f"job-{job.id}", daemon=True)
         with self._guard:
             self._running[job.id] = thread
         thread.start()
 
-    def _run(self, job: Job, kind: registry.JobKind) -> None:
-        ctx = JobContext(self.service, job, self.runner, self.clock, self.config)
+    def _run(self, job: Job, kind: registry.JobKind, fence: Compare | None = None) -> None:
+        ctx = JobContext(self.service, job, self.runner, self.clock, self.config, fence=fence)
         try:
             result = kind.handler(ctx, job.params) or {}
             event: model.JobEvent = model.Succeed(self.clock(), result)
+        except LeaseLost as lost:
+            log.warning("job %s stopped: %s", job.id, lost)
+            with self._guard:
+                self._running.pop(job.id, None)
+            return
         except JobAborted:
             event = model.Abort(self.clock(), "aborted on request")
         except CommandFailed as exc:
@@ -175,9 +188,12 @@ class Executor:
         # The store may be briefly unreachable (leader election): keep trying to record the end.
         for attempt in range(60):
             try:
-                self.service.apply(ctx.job, event, written_count=ctx.written_count)
+                self.service.apply(ctx.job, event, written_count=ctx.written_count, fence=ctx.fence)
                 self.service.release_locks(ctx.job)
                 self._emit_event(ctx.job, event)
+                return
+            except LeaseLost as lost:
+                log.warning("job %s: its end is not recorded: %s", ctx.job.id, lost)
                 return
             except CairnError as exc:
                 log.warning("could not record the end of job %s (%s); retrying", ctx.job.id, exc.message)

@@ -79,6 +79,12 @@ def record_writes(job: Job) -> list[Put]:
               for number, line in model.unwritten_lines(job, 0))]
 
 
+class LeaseLost(Exception):
+    """A job's node lost the lease the job ran under (the store was out of its reach for longer
+    than the lease's TTL): the cluster may already have failed the job, so the node must stop it
+    and write nothing more for it. Not a CairnError: handlers must not catch it as a job failure."""
+
+
 @dataclass(frozen=True)
 class JobPage:
     jobs: list[Job]
@@ -204,12 +210,25 @@ class JobService:
             writes.append(Delete(f"{LOGS}{job.id}/", range_end=log_key(job.id, first_kept)))
         return writes
 
-    def write_progress(self, job: Job, written_count: int) -> None:
-        """Write a running job's record and the log lines not written yet (one transaction)."""
-        self.store.txn([], [Put(JOBS + job.id, job.to_record()), *self._log_writes(job, written_count)])
+    def write_progress(self, job: Job, written_count: int, fence: Compare | None = None) -> None:
+        """Write a running job's record and the log lines not written yet (one transaction); with
+        a fence, only while the node still holds the lease the job runs under (else LeaseLost)."""
+        writes = [Put(JOBS + job.id, job.to_record()), *self._log_writes(job, written_count)]
+        if not self.store.txn([fence] if fence else [], writes):
+            self._check_fence(fence)
+            raise Conflict(f"job {job.id} was changed by someone else")
+
+    def _check_fence(self, fence: Compare | None) -> None:
+        """After a refused write: raise LeaseLost when the fence is what failed."""
+        if fence is None:
+            return
+        entry = self.store.get_entry(fence.key)
+        if entry is None or entry.lease != fence.value:
+            raise LeaseLost(f"this node no longer holds lease {fence.value:x} ({fence.key}): "
+                            "the cluster may have given its jobs up")
 
     def apply(self, job: Job, event: model.JobEvent, *, expect_revision: int | None = None,
-              written_count: int | None = None) -> Job:
+              written_count: int | None = None, fence: Compare | None = None) -> Job:
         """Advance the job and write it, with its new log lines and index changes, in one
         transaction. With expect_revision, only if nobody wrote the record since.
         `written_count`: how many of the job's log lines are already stored (default: all)."""
@@ -217,6 +236,8 @@ class JobService:
         stored = job.log_count if written_count is None else written_count
         writes: list[Put | Delete] = [Put(JOBS + job.id, updated.to_record()), *self._log_writes(updated, stored)]
         compares = [] if expect_revision is None else [unchanged(JOBS + job.id, expect_revision)]
+        if fence is not None:
+            compares.append(fence)
         queued, running = f"{QUEUE}{job.node}/{job.id}", f"{RUNNING}{job.node}/{job.id}"
         if job.state is JobState.QUEUED and updated.state is not JobState.QUEUED:
             writes.append(Delete(queued))
@@ -233,6 +254,7 @@ class JobService:
                     compares.append(unchanged(LOCKS + name, entry.mod_revision))
                     writes.append(Delete(LOCKS + name))
         if not self.store.txn(compares, writes):
+            self._check_fence(fence)
             raise Conflict(f"job {job.id} was changed by someone else")
         return updated
 
