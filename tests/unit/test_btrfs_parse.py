@@ -755,3 +755,15 @@ def test_start_verbs_do_not_wait_on_a_fake_that_answers_nothing():
     btrfs.balance_start(runner, MNT)
     assert runner.calls[-1] == tuple(btrfs.balance_status_argv(MNT))
     assert len(runner.calls) == 5
+
+
+def test_a_status_read_that_meets_the_scrub_rewriting_its_status_file_is_read_again():
+    summary = tuple(btrfs.scrub_summary_argv(MNT))
+    busy = (1, "", "WARNING: failed to open status file: Resource temporarily unavailable\n")
+    runner = ScriptedRunner({summary: [busy, busy, (0, fixture_text("scrubsummary", "never"), "")]})
+    assert btrfs._run(runner, list(summary)).stdout == fixture_text("scrubsummary", "never")
+    assert runner.calls == [summary] * 3
+    failing = ScriptedRunner({summary: [(1, "", "ERROR: not a btrfs filesystem\n")]})
+    with pytest.raises(CommandFailed):
+        btrfs._run(failing, list(summary))
+    assert failing.calls == [summary]          # any other failure is not retried

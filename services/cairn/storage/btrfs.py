@@ -281,9 +281,22 @@ def _failure(argv: list[str], returncode: int, stderr: str) -> CairnError:
     return CommandFailed(list(argv), returncode, stderr)
 
 
+# `btrfs scrub status` (and start) lock the scrub's status file, which the running scrub rewrites
+# as it goes: a read that lands on a rewrite fails with EAGAIN ("failed to open status file:
+# Resource temporarily unavailable"). That is a moment's contention, not a failure: read again.
+STATUS_FILE_BUSY = "Resource temporarily unavailable"
+STATUS_FILE_TRIES = 20
+STATUS_FILE_PAUSE = 0.05
+
+
 def _run(runner, argv: list[str], timeout: float = QUICK, ok: Iterable[int] = (0,)):
     """Run argv; exit codes in `ok` return the Result, others raise Busy or CommandFailed."""
-    result = runner.run(argv, timeout=timeout, check=False)
+    for attempt in range(STATUS_FILE_TRIES):
+        result = runner.run(argv, timeout=timeout, check=False)
+        busy = "status file" in (result.stderr or "") and STATUS_FILE_BUSY in (result.stderr or "")
+        if not busy or attempt == STATUS_FILE_TRIES - 1:
+            break
+        time.sleep(STATUS_FILE_PAUSE)
     if result.returncode not in ok:
         raise _failure(argv, result.returncode, result.stderr or "")
     return result
