@@ -215,6 +215,21 @@ def test_console_session_cookie_is_secure_and_forms_need_the_csrf_token(stack):
     assert api_ok.status_code == 202
 
 
+def test_the_dashboard_shows_a_node_whose_inventory_has_not_arrived(stack):
+    """A node record without its inventory (an agent that has not reported it yet) is a row of
+    dashes, not a 500 for the whole dashboard."""
+    stack.store().put("nodes/bare-node", {"name": "bare-node"})
+    try:
+        browser = stack.session(login=False)
+        browser.post(stack.url + "/login", data={"username": "admin", "password": stack.password})
+        page = browser.get(stack.url + "/")
+        assert page.status_code == 200
+        row = page.text.split('data-node="bare-node"', 1)[1].split("</tr>", 1)[0]
+        assert "offline" in row and row.count("—") == 2
+    finally:
+        stack.store().delete("nodes/bare-node")
+
+
 def test_login_page_redirects_only_within_the_console(stack):
     browser = stack.session(login=False)
     reply = browser.post(stack.url + "/login", data={"username": "admin", "password": stack.password,
