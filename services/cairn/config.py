@@ -57,6 +57,7 @@ from typing import Any
 
 import tomli_w
 
+from cairn.cluster.store import ClientTls, Store
 from cairn.errors import ValidationError
 
 DEFAULT_PATH = "/etc/cairn/cairn.toml"
@@ -357,9 +358,8 @@ def load(path: str | None = None) -> Config:
     return parse(data, socket.gethostname())
 
 
-def open_store(cfg: Config):
+def open_store(cfg: Config) -> Store:
     """The cluster store as this node's configuration says (mutual TLS when it is in a cluster)."""
-    from cairn.cluster.store import ClientTls, Store
     tls = ClientTls(cfg.cluster.ca, cfg.cluster.cert, cfg.cluster.key) if cfg.cluster.tls else None
     return Store(cfg.etcd_endpoints, cfg.store_root, tls=tls)
 

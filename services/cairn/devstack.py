@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import secrets
 import signal
 import socket
@@ -26,6 +25,7 @@ from cairn import config as config_mod
 from cairn.cluster import etcd_settings, pki
 from cairn.cluster.store import ClientTls
 from cairn.runner import Daemon, Runner
+from cairn.system.files import write_private
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -42,13 +42,14 @@ class MemberTls:
     key: Path
 
     def etcd_flags(self) -> list[str]:
-        files = ["--trusted-ca-file", str(self.ca), "--cert-file", str(self.cert), "--key-file", str(self.key)]
-        peer = ["--peer-trusted-ca-file", str(self.ca), "--peer-cert-file", str(self.cert),
-                "--peer-key-file", str(self.key)]
-        return ["--client-cert-auth", *files, "--peer-client-cert-auth", *peer]
+        return etcd_settings.flags(etcd_settings.tls_settings(str(self.ca), str(self.cert), str(self.key)))
 
     def client(self) -> ClientTls:
         return ClientTls(str(self.ca), str(self.cert), str(self.key))
+
+    def requests_options(self) -> dict:
+        """verify/cert for a requests call to a member as a client holding this certificate."""
+        return {"verify": str(self.ca), "cert": (str(self.cert), str(self.key))}
 
 
 @dataclass
@@ -75,10 +76,8 @@ class EtcdMember:
 
     def get(self, path: str, timeout: float = 1.0) -> requests.Response:
         """A request to the member as a client holding its certificate (when it has one)."""
-        if self.tls is None:
-            return requests.get(self.client_url + path, timeout=timeout)
-        return requests.get(self.client_url + path, timeout=timeout, verify=str(self.tls.ca),
-                            cert=(str(self.tls.cert), str(self.tls.key)))
+        return requests.get(self.client_url + path, timeout=timeout,
+                            **(self.tls.requests_options() if self.tls else {}))
 
 
 def make_member_tls(directory: Path, ca: "pki.KeyPair", node_id: str, names: list[str]) -> MemberTls:
@@ -89,9 +88,7 @@ def make_member_tls(directory: Path, ca: "pki.KeyPair", node_id: str, names: lis
     files = MemberTls(directory / "ca.pem", directory / "node.pem", directory / "node.key")
     files.ca.write_bytes(ca.cert_pem)
     files.cert.write_bytes(cert)
-    fd = os.open(files.key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(key)
+    write_private(files.key, key)
     return files
 
 
@@ -203,10 +200,8 @@ class EtcdCluster:
             if member.daemon is None or not member.daemon.alive():
                 continue
             try:
-                tls = {"verify": str(member.tls.ca), "cert": (str(member.tls.cert), str(member.tls.key))} \
-                    if member.tls else {}
                 status = requests.post(member.client_url + "/v3/maintenance/status", json={}, timeout=1,
-                                       **tls).json()
+                                       **(member.tls.requests_options() if member.tls else {})).json()
             except requests.RequestException:
                 continue
             if status.get("leader") == status.get("header", {}).get("member_id"):

@@ -15,8 +15,8 @@ def test_the_image_sets_every_store_setting_with_the_same_value():
 
 
 def test_flags_and_environment_say_the_same():
-    flags = etcd_settings.flags()
-    as_env = {"ETCD_" + name[2:].upper().replace("-", "_"): value for name, value in zip(flags[::2], flags[1::2])}
+    flags = [flag.split("=", 1) for flag in etcd_settings.flags()]
+    as_env = {"ETCD_" + name[2:].upper().replace("-", "_"): value for name, value in flags}
     assert as_env == etcd_settings.environment()
     assert as_env["ETCD_AUTO_COMPACTION_MODE"] == "periodic"
 

@@ -36,14 +36,22 @@ SETTINGS: dict[str, str] = {
 }
 
 
-def flags() -> list[str]:
-    """The settings as etcd command-line flags (pure)."""
-    return [part for name, value in SETTINGS.items() for part in (f"--{name}", value)]
+def tls_settings(ca: str, cert: str, key: str) -> dict[str, str]:
+    """A cluster member's mutual TLS: clients and peers need a certificate from the cluster CA, and
+    the member shows its own node certificate to both."""
+    return {"client-cert-auth": "true", "trusted-ca-file": ca, "cert-file": cert, "key-file": key,
+            "peer-client-cert-auth": "true", "peer-trusted-ca-file": ca, "peer-cert-file": cert,
+            "peer-key-file": key}
 
 
-def environment() -> dict[str, str]:
-    """The settings as etcd's environment variables (ETCD_AUTO_COMPACTION_MODE=...) (pure)."""
-    return {"ETCD_" + name.upper().replace("-", "_"): value for name, value in SETTINGS.items()}
+def flags(settings: dict[str, str] = SETTINGS) -> list[str]:
+    """Settings as etcd command-line flags, --name=value (boolean flags take no separate value) (pure)."""
+    return [f"--{name}={value}" for name, value in settings.items()]
+
+
+def environment(settings: dict[str, str] = SETTINGS) -> dict[str, str]:
+    """Settings as etcd's environment variables (ETCD_AUTO_COMPACTION_MODE=...) (pure)."""
+    return {"ETCD_" + name.upper().replace("-", "_"): value for name, value in settings.items()}
 
 
 def needs_defragment(db_size: int, db_size_in_use: int) -> bool:
@@ -73,20 +81,18 @@ def member_environment(name: str, cluster_ip: str, ca: str, cert: str, key: str,
     URL, the member itself included) is given when the member joins a running cluster; without it
     the member already has its data (it created the cluster, or it restarts)."""
     host = f"[{cluster_ip}]" if ":" in cluster_ip else cluster_ip
-    lines = {
-        "ETCD_NAME": name,
-        "ETCD_LISTEN_CLIENT_URLS": f"https://{host}:{CLIENT_PORT},https://127.0.0.1:{CLIENT_PORT}",
-        "ETCD_ADVERTISE_CLIENT_URLS": f"https://{host}:{CLIENT_PORT}",
-        "ETCD_LISTEN_PEER_URLS": f"https://{host}:{PEER_PORT}",
-        "ETCD_INITIAL_ADVERTISE_PEER_URLS": f"https://{host}:{PEER_PORT}",
-        "ETCD_CLIENT_CERT_AUTH": "true", "ETCD_TRUSTED_CA_FILE": ca,
-        "ETCD_CERT_FILE": cert, "ETCD_KEY_FILE": key,
-        "ETCD_PEER_CLIENT_CERT_AUTH": "true", "ETCD_PEER_TRUSTED_CA_FILE": ca,
-        "ETCD_PEER_CERT_FILE": cert, "ETCD_PEER_KEY_FILE": key,
+    settings = {
+        "name": name,
+        "listen-client-urls": f"https://{host}:{CLIENT_PORT},https://127.0.0.1:{CLIENT_PORT}",
+        "advertise-client-urls": f"https://{host}:{CLIENT_PORT}",
+        "listen-peer-urls": f"https://{host}:{PEER_PORT}",
+        "initial-advertise-peer-urls": f"https://{host}:{PEER_PORT}",
+        **tls_settings(ca, cert, key),
     }
     if initial_cluster:
-        lines["ETCD_INITIAL_CLUSTER"] = ",".join(f"{n}={url}" for n, url in sorted(initial_cluster.items()))
-        lines["ETCD_INITIAL_CLUSTER_STATE"] = "existing"
+        settings["initial-cluster"] = ",".join(f"{n}={url}" for n, url in sorted(initial_cluster.items()))
+        settings["initial-cluster-state"] = "existing"
+    lines = environment(settings)
     for key_name, value in lines.items():
         if not value or any(c in value for c in "\n\r\"'\\ $`"):
             raise ValueError(f"{key_name}: {value!r} cannot go into an environment file")

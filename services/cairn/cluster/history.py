@@ -73,20 +73,15 @@ class HistoryKeeper:
         return report
 
     def _win_round(self) -> bool:
-        if self.store.get_entry(ROUND_KEY) is not None:
-            return False
-        lease = self.store.grant_lease(max(10, int(self.settings.interval) - 5))
-        if self.store.create(ROUND_KEY, {"node": self.node, "at": self.clock()}, lease):
-            return True
-        self.store.revoke_lease(lease)
-        return False
+        return bool(self.store.claim(ROUND_KEY, {"node": self.node, "at": self.clock()},
+                                     max(10, int(self.settings.interval) - 5)))
 
     def _look_after_member(self, report: RoundReport) -> None:
         status = self.store.member_status(0)
         report.db_size, report.db_size_in_use = status.db_size, status.db_size_in_use
         if etcd_settings.needs_defragment(status.db_size, status.db_size_in_use):
-            lease = self.store.grant_lease(DEFRAG_LEASE)
-            if self.store.create(DEFRAG_KEY, {"node": self.node, "member": status.member_id}, lease):
+            lease = self.store.claim(DEFRAG_KEY, {"node": self.node, "member": status.member_id}, DEFRAG_LEASE)
+            if lease:
                 try:
                     started = time.monotonic()
                     self.store.defragment(0)
@@ -97,8 +92,6 @@ class HistoryKeeper:
                     report.db_size, report.db_size_in_use = after.db_size, after.db_size_in_use
                 finally:
                     self.store.revoke_lease(lease)
-            else:
-                self.store.revoke_lease(lease)
         report.warning = etcd_settings.quota_warning(report.db_size, self.quota)
         if report.warning and not self._warned:
             events.emit(self.store, severity="warning", node=self.node, source="store",

@@ -112,17 +112,13 @@ class LostNodes:
         if job.state.terminal:
             return
         try:
+            # The end frees the job's locks in the same transaction (the node's lease, which they
+            # were bound to, is gone anyway).
             self.jobs.apply(job, model.Fail(self.clock(), reason), expect_revision=entry.mod_revision)
-            self.jobs.release_locks(job)
             log.warning("job %s failed: %s", job_id, reason)
         except CairnError as exc:         # changed meanwhile (the node came back): next round decides
             log.info("job %s not failed this round: %s", job_id, exc)
 
     def _win_round(self) -> bool:
-        if self.store.get_entry(ROUND_KEY) is not None:
-            return False
-        lease = self.store.grant_lease(max(1, int(ROUND_SECONDS) - 1))
-        if self.store.create(ROUND_KEY, {"node": self.node, "at": self.clock()}, lease):
-            return True
-        self.store.revoke_lease(lease)
-        return False
+        return bool(self.store.claim(ROUND_KEY, {"node": self.node, "at": self.clock()},
+                                     max(1, int(ROUND_SECONDS) - 1)))

@@ -46,10 +46,6 @@ def quorum(voters: int) -> int:
     return voters // 2 + 1
 
 
-def role_of(member: MemberState) -> str:
-    return "voter" if member.voter else "learner"
-
-
 def role_reason(nodes: int) -> str:
     wanted = voters_wanted(nodes)
     if nodes == 1:

@@ -42,14 +42,14 @@ class KeyPair:
     key_pem: bytes
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
 def new_key() -> bytes:
     """A new node key (P-256), PEM."""
-    return _key_pem(ec.generate_private_key(ec.SECP256R1()))
+    return key_pem(ec.generate_private_key(ec.SECP256R1()))
 
 
 def make_ca(cluster_name: str, now: datetime.datetime) -> KeyPair:
@@ -72,7 +72,7 @@ def self_signed_ca(common_name: str, now: datetime.datetime) -> KeyPair:
                                          data_encipherment=False, key_agreement=False,
                                          encipher_only=False, decipher_only=False), critical=True)
             .sign(key, hashes.SHA256()))
-    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), key_pem(key))
 
 
 def fingerprint(cert_pem: bytes) -> str:
@@ -185,12 +185,3 @@ def issued_by(cert_pem: bytes, ca_cert_pem: bytes) -> bool:
     except InvalidSignature:
         return False
     return cert.issuer == ca_cert.subject
-
-
-def node_identity(cert_pem: bytes) -> SigningRequest:
-    """The node id and names a node certificate carries."""
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    node_id = str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
-    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    names = [str(v) for v in san.get_values_for_type(x509.IPAddress)] + san.get_values_for_type(x509.DNSName)
-    return SigningRequest(node_id, names)

@@ -192,12 +192,14 @@ class Store:
         self._current = 0
         self._lock = threading.Lock()
         self._clients = [self._client(url) for url in self.endpoints]
+        self._others: dict[str, Etcd3Client] = {}    # other members' clients, by URL (status_at)
         # What this process last wrote with put_if_changed: key -> (encoded value, lease).
         self._written: dict[str, tuple[str, int]] = {}
 
     def reset_connections(self) -> None:
         """New HTTP sessions (after fork: a child must not share pooled sockets with its parent)."""
         self._clients = [self._client(url) for url in self.endpoints]
+        self._others = {}
 
     def _client(self, url: str) -> Etcd3Client:
         protocol, rest = url.split("://", 1)
@@ -380,6 +382,18 @@ class Store:
         """Write only if the key does not exist."""
         return self.txn([absent(key)], [Put(key, value, lease)])
 
+    def claim(self, key: str, value: Any, ttl: int) -> int:
+        """Create key bound to a new lease of ttl seconds, if nobody holds it: the lease (revoke
+        it to let go, or let it run out), or 0 when the key is taken. How one node of the cluster
+        wins a round of periodic work, or holds a cluster-wide lock."""
+        if self.get_entry(key) is not None:      # taken: no lease granted for nothing
+            return 0
+        lease = self.grant_lease(ttl)
+        if self.create(key, value, lease):
+            return lease
+        self.revoke_lease(lease)
+        return 0
+
     def cas(self, key: str, value: Any, mod_revision: int, lease: int = 0) -> bool:
         """Write only if the key was not changed since mod_revision (0: only if absent)."""
         compare = absent(key) if mod_revision == 0 else unchanged(key, mod_revision)
@@ -449,7 +463,10 @@ class Store:
     def status_at(self, url: str, timeout: float = 1.0) -> MemberStatus:
         """The status of any member, by its client URL (e.g. another node's, from the member list),
         reached with this store's credentials."""
-        client = self._client(url)
+        with self._lock:
+            if url not in self._others:
+                self._others[url] = self._client(url)
+            client = self._others[url]
         try:
             response = client.session.post(client.get_url("/maintenance/status"), json={}, timeout=timeout)
         except requests.exceptions.RequestException as exc:

@@ -151,15 +151,31 @@ class Executor:
     def _run(self, job: Job, kind: registry.JobKind, fence: Compare | None = None) -> None:
         ctx = JobContext(self.service, job, self.runner, self.clock, self.config, fence=fence)
         try:
-            result = kind.handler(ctx, job.params) or {}
-            event: model.JobEvent = model.Succeed(self.clock(), result)
-        except LeaseLost as lost:
-            log.warning("job %s stopped: %s", job.id, lost)
+            event = self._outcome(ctx, kind)
+            if event is None:
+                return
+            if self.after_job is not None:
+                try:
+                    self.after_job(job)
+                except Exception:
+                    log.exception("after-job hook failed for job %s", job.id)
+            self._finish(ctx, event)
+        finally:
             with self._guard:
                 self._running.pop(job.id, None)
-            return
+
+    def _outcome(self, ctx: JobContext, kind: registry.JobKind) -> model.JobEvent | None:
+        """Run the handler: how the job ended, or None when the node lost the job's lease (then
+        nothing more is written for it)."""
+        job = ctx.job
+        try:
+            result = kind.handler(ctx, job.params) or {}
+            return model.Succeed(self.clock(), result)
+        except LeaseLost as lost:
+            log.warning("job %s stopped: %s", job.id, lost)
+            return None
         except JobAborted:
-            event = model.Abort(self.clock(), "aborted on request")
+            return model.Abort(self.clock(), "aborted on request")
         except CommandFailed as exc:
             # The whole command and its error output go to the job's log and the agent's log;
             # the job's error (what API clients and the console show first) stays short.
@@ -167,22 +183,14 @@ class Executor:
             ctx.job = model.advance(ctx.job, model.Progress(
                 self.clock(), message=f"command {' '.join(exc.argv)} exited with {exc.returncode}"
                                       + (f"; its error output: {exc.stderr.strip()}" if exc.stderr.strip() else "")))
-            event = model.Fail(self.clock(), exc.message)
+            return model.Fail(self.clock(), exc.message)
         except CairnError as exc:
             if exc.details:
                 log.warning("job %s: %s", job.id, exc.log_text())
-            event = model.Fail(self.clock(), exc.message)
+            return model.Fail(self.clock(), exc.message)
         except Exception as exc:  # a bug in a handler must still end the job
             log.exception("job %s crashed", job.id)
-            event = model.Fail(self.clock(), f"internal error: {type(exc).__name__}: {exc}")
-        if self.after_job is not None:
-            try:
-                self.after_job(job)
-            except Exception:
-                log.exception("after-job hook failed for job %s", job.id)
-        self._finish(ctx, event)
-        with self._guard:
-            self._running.pop(job.id, None)
+            return model.Fail(self.clock(), f"internal error: {type(exc).__name__}: {exc}")
 
     def _finish(self, ctx: JobContext, event: model.JobEvent) -> None:
         # The store may be briefly unreachable (leader election): keep trying to record the end.

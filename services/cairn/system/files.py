@@ -21,6 +21,16 @@ def write_if_changed(path: str | Path, text: str, mode: int | None = None) -> bo
     return True
 
 
+def write_private(path: str | Path, data: bytes) -> None:
+    """Atomic write of a secret (a private key): the file is mode 0600 from its first byte."""
+    target = Path(path)
+    tmp = target.with_name(target.name + ".cairn-tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp, target)
+
+
 def read_text(path: str | Path) -> str | None:
     """The file's text, or None when it does not exist."""
     try:

@@ -8,7 +8,6 @@ extra names given. Existing files are never replaced (first start only).
 from __future__ import annotations
 
 import datetime
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from cairn.cluster import pki
+from cairn.system.files import write_private
 
 
 @dataclass(frozen=True)
@@ -25,19 +25,6 @@ class TlsFiles:
     ca: Path
     cert: Path
     key: Path
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
 
 
 def ensure_tls(state_dir: Path, hostname: str, extra_names: list[str] = ()) -> TlsFiles:
@@ -64,8 +51,8 @@ def ensure_tls(state_dir: Path, hostname: str, extra_names: list[str] = ()) -> T
                            critical=False)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    _write_private(tls_dir / "ca.key", ca.key_pem)
-    _write_private(files.key, _key_pem(key))
+    write_private(tls_dir / "ca.key", ca.key_pem)
+    write_private(files.key, pki.key_pem(key))
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     files.ca.write_bytes(ca.cert_pem)
     return files
