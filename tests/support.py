@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import requests
@@ -20,7 +20,7 @@ from urllib3.util.retry import Retry
 
 from cairn import config as config_mod
 from cairn.cluster.store import Store
-from cairn.devstack import EtcdCluster, free_port, share_sandbox, start_agent, start_web, wait_http, write_config
+from cairn.devstack import EtcdCluster, EtcdService, free_port, share_sandbox, start_agent, start_web, wait_http, write_config
 from cairn.runner import Daemon, Runner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def new_root() -> str:
 class Stack:
     """A running node: its own etcd, cairn-agent and cairn-web as real processes."""
     dir: Path
-    etcd: EtcdCluster
+    etcd: EtcdCluster | EtcdService
     config_path: Path
     cfg: config_mod.Config
     agent: Daemon
@@ -104,7 +104,7 @@ class Stack:
         return self.cfg.node_name
 
     def store(self) -> Store:
-        return config_mod.open_store(self.cfg)
+        return config_mod.open_store(config_mod.load(str(self.config_path)))
 
     def session(self, login: bool = True) -> requests.Session:
         session = requests.Session()
@@ -130,6 +130,14 @@ class Stack:
         self.etcd.stop()
 
 
+def SANDBOXED_CLUSTER_JOBS(base: Path) -> dict:
+    """A stack's cluster settings that keep a cluster job (the API fuzzer may start one) off this
+    machine: no networkd unit, etcd's environment file in the stack's directory, and no launcher
+    to restart (so such a job fails, putting everything back)."""
+    return {"manage_network": False, "etcd_env": str(base / "etcd.env"), "etcd_control": "pidfile",
+            "etcd_pidfile": str(base / "no-etcd-launcher.pid")}
+
+
 def start_stack(base: Path, node: str = "node-a", storage: config_mod.StorageConfig | None = None,
                 tls: bool = False) -> Stack:
     """A node on its own etcd; with tls, an etcd that speaks mutual TLS only (as in a cluster)."""
@@ -143,7 +151,7 @@ def start_stack(base: Path, node: str = "node-a", storage: config_mod.StorageCon
                             storage=storage or config_mod.StorageConfig(),
                             shares=share_sandbox(base / "shares"),
                             compute=config_mod.ComputeConfig(accel="tcg", log_dir=str(base / "vm-logs")),
-                            cluster=cluster)
+                            cluster=replace(cluster, **SANDBOXED_CLUSTER_JOBS(base)))
     config_path = write_config(base / "cairn.toml", cfg)
     agent = start_agent(config_path, base / "agent.log")
     web = start_web(config_path, base / "web.log")
@@ -158,6 +166,34 @@ def start_stack(base: Path, node: str = "node-a", storage: config_mod.StorageCon
             time.sleep(0.2)
     except BaseException:
         stack.stop()     # a stack that never came up must not outlive the test run
+        raise
+    return stack
+
+
+def start_node(base: Path, host: str, node: str) -> Stack:
+    """A standalone node as an appliance runs it, for cluster tests: etcd on `host` (a 127.x.y.z of
+    its own) under the devstack launcher, so a cluster job can rewrite etcd's environment and restart
+    it; the console on host:<free port>; its own machine-id."""
+    etcd = EtcdService(base / "etcd", host, node).start()
+    port = free_port(host)
+    cfg = config_mod.Config(
+        node_name=node, node_id=secrets.token_hex(16), etcd_endpoints=(etcd.standalone_url,), state_dir=base,
+        web=config_mod.WebConfig(bind=f"{host}:{port}", workers=1),
+        shares=share_sandbox(base / "shares"),
+        compute=config_mod.ComputeConfig(accel="tcg", log_dir=str(base / "vm-logs")),
+        cluster=config_mod.ClusterConfig(manage_network=False, etcd_env=str(etcd.override),
+                                         etcd_control="pidfile", etcd_pidfile=str(etcd.pidfile)))
+    config_path = write_config(base / "cairn.toml", cfg)
+    agent = start_agent(config_path, base / "agent.log")
+    web = start_web(config_path, base / "web.log")
+    url = f"https://{host}:{port}"
+    stack = Stack(base, etcd, config_path, cfg, agent, web, url, str(base / "tls" / "ca.pem"))
+    try:
+        wait_http(url + "/api/v1/health", timeout=60, daemon=web)
+        wait_until(lambda: stack.session().get(url + "/api/v1/nodes").json()["nodes"], 30,
+                   "the agent reports its node")
+    except BaseException:
+        stack.stop()
         raise
     return stack
 

@@ -1,8 +1,10 @@
 """Node configuration: a small TOML file, /etc/cairn/cairn.toml (or $CAIRN_CONFIG).
 
-    node_name = "cairn-1a2b"                    # default: the hostname
+    node_name = "cairn-1a2b"                    # default: the hostname (a display name; may change)
+    node_id = "0f3c…"                           # default: /etc/machine-id (the node's stable identity)
     etcd_endpoints = ["http://127.0.0.1:2379"]
-    state_dir = "/var/lib/cairn"                # TLS material, admin password file
+    state_dir = "/var/lib/cairn"                # TLS material, admin password file, web.pid (the
+                                                # console server's pid: cluster jobs make it reload)
     store_root = "/cairn"                       # key prefix in etcd (tests use their own)
     [web]
     bind = "0.0.0.0:443"
@@ -34,6 +36,13 @@
     ca = "/var/lib/cairn/cluster/ca.pem"        # certificate from the cluster CA); all three or
     cert = "/var/lib/cairn/cluster/node.pem"    # none: a standalone node's etcd listens on
     key = "/var/lib/cairn/cluster/node.key"     # 127.0.0.1 only, in plain HTTP
+    address = "10.77.1.11"                      # this node's cluster address ("" standalone)
+    interface = "enp0s9"                        # the NIC it is on
+    manage_network = true                       # write the address as a systemd-networkd unit
+                                                # (false: it must already be on the node: tests)
+    etcd_env = "/etc/cairn/etcd.env"            # etcd's environment file, rewritten by create/join
+    etcd_control = "systemd"                    # how etcd is restarted: systemd, or "pidfile": a
+    etcd_pidfile = ""                           # launcher whose pid is there restarts it on SIGHUP
 
 Written by the image (or the dev stack, with `dump`: tomli-w quotes and escapes every value);
 read by cairn-agent and cairn-web at start. `parse` checks every setting's type and range (a
@@ -46,6 +55,7 @@ of the node it runs on (and resolves symlinks when the VM is on that node).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import posixpath
 import re
@@ -106,10 +116,17 @@ class HistoryConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """Files for mutual TLS towards etcd ("" for a standalone node talking to its own etcd)."""
+    """Files for mutual TLS towards etcd ("" for a standalone node talking to its own etcd), this
+    node's cluster address, and how its etcd is restarted when the node creates or joins a cluster."""
     ca: str = ""
     cert: str = ""
     key: str = ""
+    address: str = ""
+    interface: str = ""
+    manage_network: bool = True
+    etcd_env: str = "/etc/cairn/etcd.env"
+    etcd_control: str = "systemd"
+    etcd_pidfile: str = ""
 
     @property
     def tls(self) -> bool:
@@ -119,6 +136,7 @@ class ClusterConfig:
 @dataclass(frozen=True)
 class Config:
     node_name: str
+    node_id: str = "0" * 32         # "unknown": /etc/machine-id missing (set it then)
     etcd_endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
     state_dir: Path = Path("/var/lib/cairn")
     store_root: str = "/cairn"
@@ -128,6 +146,7 @@ class Config:
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    path: str = field(default="", compare=False)     # the file this was read from (not a setting)
 
 
 # --- checking --------------------------------------------------------------------------------------
@@ -135,6 +154,7 @@ class Config:
 SYSTEM_DIRS = ("/dev", "/proc", "/sys", "/etc", "/boot", "/run", "/root", "/var/lib/cairn")
 WORKGROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,14}")
 NODE_NAME_MAX = 64
+NODE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def _plain_text(value: str) -> bool:
@@ -254,6 +274,22 @@ def node_name_problem(value: Any) -> str | None:
     return None
 
 
+def node_id_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not NODE_ID.fullmatch(value):
+        return "must be 32 lowercase hex digits, like /etc/machine-id"
+    return None
+
+
+def _address(value: Any) -> str | None:
+    if value == "":
+        return None
+    try:
+        ipaddress.ip_address(value)
+    except (ValueError, TypeError):
+        return "must be an IP address (or empty: not in a cluster)"
+    return None
+
+
 def _store_root(value: Any) -> str | None:
     problem = _path(value)
     if problem:
@@ -264,8 +300,8 @@ def _store_root(value: Any) -> str | None:
 
 
 # Every setting: its check. A table's settings are those of its dataclass (nothing else is taken).
-TOP = {"node_name": node_name_problem, "etcd_endpoints": _endpoints, "state_dir": _path,
-       "store_root": _store_root}
+TOP = {"node_name": node_name_problem, "node_id": node_id_problem, "etcd_endpoints": _endpoints,
+       "state_dir": _path, "store_root": _store_root}
 TABLES: dict[str, tuple[type, dict[str, Any]]] = {
     "web": (WebConfig, {"bind": _bind, "workers": _whole(1, 64), "connections": _whole(10, 100_000)}),
     "storage": (StorageConfig, {"pools_root": _path, "smart_interval": _seconds(10),
@@ -277,7 +313,10 @@ TABLES: dict[str, tuple[type, dict[str, Any]]] = {
     "history": (HistoryConfig, {"job_keep_days": _days, "job_keep_count": _whole(10, 1_000_000),
                                 "event_keep_days": _days, "event_keep_count": _whole(10, 1_000_000),
                                 "interval": _seconds(10)}),
-    "cluster": (ClusterConfig, {"ca": _optional_path, "cert": _optional_path, "key": _optional_path}),
+    "cluster": (ClusterConfig, {"ca": _optional_path, "cert": _optional_path, "key": _optional_path,
+                                "address": _address, "interface": _text, "manage_network": _bool,
+                                "etcd_env": _path, "etcd_control": _one_of("systemd", "pidfile"),
+                                "etcd_pidfile": _optional_path}),
 }
 
 
@@ -322,14 +361,14 @@ def _cross_check(values: dict[str, Any], cluster: ClusterConfig, problems: dict[
         problems["etcd_endpoints"] = "with [cluster] TLS files every endpoint must be https://"
 
 
-def parse(data: dict, default_node_name: str) -> Config:
+def parse(data: dict, default_node_name: str, default_node_id: str = "0" * 32, path: str = "") -> Config:
     """Config from parsed TOML. Every problem is reported at once, keyed "section.key"."""
     problems: dict[str, str] = {}
     for key in data:
         if key not in TOP and key not in TABLES:
             problems[key] = "unknown setting"
-    values = {"node_name": default_node_name, "etcd_endpoints": ["http://127.0.0.1:2379"],
-              "state_dir": "/var/lib/cairn", "store_root": "/cairn"}
+    values = {"node_name": default_node_name, "node_id": default_node_id,
+              "etcd_endpoints": ["http://127.0.0.1:2379"], "state_dir": "/var/lib/cairn", "store_root": "/cairn"}
     for key, check in TOP.items():
         if key in data:
             values[key] = data[key]
@@ -341,8 +380,9 @@ def parse(data: dict, default_node_name: str) -> Config:
     if problems:
         raise ValidationError(problems, "bad configuration: " + "; ".join(
             f"{k}: {v}" for k, v in sorted(problems.items())))
-    return Config(node_name=values["node_name"], etcd_endpoints=tuple(values["etcd_endpoints"]),
-                  state_dir=Path(values["state_dir"]), store_root=values["store_root"], **tables)
+    return Config(node_name=values["node_name"], node_id=values["node_id"],
+                  etcd_endpoints=tuple(values["etcd_endpoints"]), state_dir=Path(values["state_dir"]),
+                  store_root=values["store_root"], path=path, **tables)
 
 
 def load(path: str | None = None) -> Config:
@@ -355,7 +395,17 @@ def load(path: str | None = None) -> Config:
             except tomllib.TOMLDecodeError as exc:
                 raise ValidationError({"file": f"{path} is not valid TOML: {exc}"},
                                       f"bad configuration: {path} is not valid TOML: {exc}") from None
-    return parse(data, socket.gethostname())
+    return parse(data, socket.gethostname(), machine_id(), str(path))
+
+
+def machine_id(path: str = "/etc/machine-id") -> str:
+    """This machine's id (systemd's machine-id), the node's identity by default; 32 zeros when the
+    file is missing or not one (then node_id must be set)."""
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return "0" * 32
+    return text if NODE_ID.fullmatch(text) else "0" * 32
 
 
 def open_store(cfg: Config) -> Store:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import secrets
 import signal
 import socket
@@ -214,6 +215,110 @@ class EtcdCluster:
                 member.daemon.stop()
 
 
+def read_environment(text: str) -> dict[str, str]:
+    """NAME=value lines of an environment file, as systemd's EnvironmentFile= reads them (pure)."""
+    values = {}
+    for line in text.splitlines():
+        name, sep, value = line.strip().partition("=")
+        if sep and name and not name.startswith("#"):
+            values[name] = value
+    return values
+
+
+def etcd_service(argv: list[str]) -> int:
+    """etcd run the way the appliance's unit runs it, for dev and test stacks: its settings come
+    from environment files only (later files override earlier ones; a missing file is skipped, like
+    systemd's EnvironmentFile=-), SIGHUP restarts it with the files read again (what a cluster job
+    asks with `systemctl restart etcd` on an appliance), SIGTERM stops it. It writes its own pid to
+    --pidfile; a member that exits on its own is started again after a second."""
+    parser = argparse.ArgumentParser(prog="cairn-devstack etcd-service")
+    parser.add_argument("--env", action="append", default=[], help="environment file (repeatable)")
+    parser.add_argument("--pidfile", required=True)
+    parser.add_argument("--log", required=True)
+    args = parser.parse_args(argv)
+    wanted = {"restart": threading.Event(), "stop": threading.Event()}
+    signal.signal(signal.SIGHUP, lambda *_: wanted["restart"].set())
+    signal.signal(signal.SIGTERM, lambda *_: wanted["stop"].set())
+    Path(args.pidfile).write_text(f"{os.getpid()}\n")
+    runner = Runner()
+    try:
+        while not wanted["stop"].is_set():
+            env: dict[str, str] = {}
+            for path in args.env:
+                env.update(read_environment(Path(path).read_text()) if Path(path).exists() else {})
+            wanted["restart"].clear()
+            etcd = runner.spawn(["etcd"], log_path=args.log, env=env)
+            while etcd.alive() and not wanted["restart"].is_set() and not wanted["stop"].is_set():
+                wanted["stop"].wait(0.1)
+            etcd.stop(timeout=20)
+            if not wanted["restart"].is_set() and not wanted["stop"].is_set():
+                time.sleep(1.0)       # it exited by itself: Restart=on-failure, RestartSec
+    finally:
+        Path(args.pidfile).unlink(missing_ok=True)
+    return 0
+
+
+@dataclass
+class EtcdService:
+    """A node's etcd under etcd_service (see there), standalone at first: one member on `host`
+    (a 127.x.y.z of its own per node) at etcd's usual ports, in plain HTTP, as an appliance's is on
+    loopback. A cluster job rewrites `override` and sends SIGHUP to the launcher (pid in `pidfile`)."""
+    dir: Path
+    host: str
+    name: str
+    daemon: Daemon | None = None
+    runner: Runner = field(default_factory=Runner)
+
+    @property
+    def base(self) -> Path:
+        return self.dir / "etcd-base.env"
+
+    @property
+    def override(self) -> Path:
+        return self.dir / "etcd.env"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.dir / "etcd-service.pid"
+
+    @property
+    def standalone_url(self) -> str:
+        return f"http://{self.host}:{etcd_settings.CLIENT_PORT}"
+
+    def start(self, timeout: float = 30.0) -> "EtcdService":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        peer = f"http://{self.host}:{etcd_settings.PEER_PORT}"
+        if not self.base.exists():
+            base = {"name": self.name, "data-dir": str(self.dir / "etcd-data"),
+                    "listen-client-urls": self.standalone_url, "advertise-client-urls": self.standalone_url,
+                    "listen-peer-urls": peer, "initial-advertise-peer-urls": peer,
+                    "heartbeat-interval": "100", "election-timeout": "1000", "log-level": "warn",
+                    **etcd_settings.SETTINGS}
+            self.base.write_text("".join(f"{k}={v}\n" for k, v in etcd_settings.environment(base).items()))
+        self.daemon = self.runner.spawn(
+            [sys.executable, "-m", "cairn.devstack", "etcd-service", "--env", str(self.base), "--env",
+             str(self.override), "--pidfile", str(self.pidfile), "--log", str(self.dir / "etcd.log")],
+            log_path=self.dir / "etcd-service.log")
+        deadline = time.monotonic() + timeout
+        while not self.pidfile.exists() or not self._answers():
+            if not self.daemon.alive():
+                raise RuntimeError(f"etcd's launcher exited; see {self.dir}/etcd-service.log")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"etcd on {self.host} did not answer within {timeout} s; see {self.dir}/etcd.log")
+            time.sleep(0.2)
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            return requests.get(self.standalone_url + "/version", timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    def stop(self) -> None:
+        if self.daemon:
+            self.daemon.stop(timeout=30)
+
+
 def write_config(path: Path, cfg: config_mod.Config) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(config_mod.dump(cfg))
@@ -287,6 +392,9 @@ def wait_http(url: str, timeout: float = 60.0, verify: str | bool = False, daemo
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["etcd-service"]:
+        return etcd_service(argv[1:])
     parser = argparse.ArgumentParser(prog="cairn-devstack", description=__doc__.splitlines()[0])
     parser.add_argument("--state", default="build/dev", help="state directory (default build/dev)")
     parser.add_argument("--port", type=int, default=8443, help="console port on 127.0.0.1")

@@ -44,10 +44,11 @@ def test_node_list_as_table_and_json(ctl, stack):
 
 def test_cluster_status_of_a_standalone_node(ctl, stack):
     lines = ctl("cluster", "status").stdout.splitlines()
-    assert lines[0].split() == ["NAME", "ROLE", "LEADER", "REACHABLE", "RTT_MS", "DB_BYTES", "PEER"]
-    assert lines[1].split()[1:4] == ["voter", "yes", "yes"]
-    assert "quorum: 1 of 1 voters answer, 1 needed; losing one more voting member stops all changes" in lines[3]
-    assert lines[4] == "roles: a single node votes alone"
+    assert lines[0] == "standalone node (not in a cluster)"
+    assert lines[1].split() == ["NAME", "ROLE", "LEADER", "REACHABLE", "RTT_MS", "DB_BYTES", "PEER"]
+    assert lines[2].split()[1:4] == ["voter", "yes", "yes"]
+    assert "quorum: 1 of 1 voters answer, 1 needed; losing one more voting member stops all changes" in lines[4]
+    assert lines[5] == "roles: a single node votes alone"
     status = json.loads(ctl("--json", "cluster", "status").stdout)
     assert status["leader"] == status["members"][0]["id"] and status["quorum"]["can_lose"] == 0
 

@@ -211,13 +211,13 @@ def test_a_join_is_refused_listing_every_name_already_used_in_the_cluster():
 
 
 # --- etcd member environment ----------------------------------------------------------------------
-def test_a_cluster_members_etcd_listens_on_the_cluster_address_and_loopback_over_mutual_tls_only():
+def test_a_cluster_members_etcd_listens_on_the_cluster_address_only_over_mutual_tls_only():
     from cairn.cluster import etcd_settings
     env = dict(line.split("=", 1) for line in etcd_settings.member_environment(
         "cairn-0a1b2c", "10.77.1.11", "/var/lib/cairn/cluster/ca.pem", "/var/lib/cairn/cluster/node.pem",
         "/var/lib/cairn/cluster/node.key", {"cairn-0a1b2c": "https://10.77.1.11:2380",
                                             "cairn-9f8e7d": "https://10.77.1.12:2380"}).splitlines())
-    assert env["ETCD_LISTEN_CLIENT_URLS"] == "https://10.77.1.11:2379,https://127.0.0.1:2379"
+    assert env["ETCD_LISTEN_CLIENT_URLS"] == "https://10.77.1.11:2379"
     assert env["ETCD_LISTEN_PEER_URLS"] == "https://10.77.1.11:2380"
     assert all(env[k] == "true" for k in ("ETCD_CLIENT_CERT_AUTH", "ETCD_PEER_CLIENT_CERT_AUTH"))
     assert not [v for v in env.values() if v.startswith("http://") or ",http://" in v]

@@ -109,6 +109,7 @@ JOBS: dict[str, tuple[dict, tuple[str, ...]]] = {
     "disk.rescan": ({}, ()),
     "disk.selftest": ({"disk": "WD-1", "type": "short"}, ("SelfTestIn",)),
     "node.diagnostics": ({"samples": 5}, ("DiagnosticsIn",)),
+    "cluster.create": ({"name": "office", "interface": "enp0s9", "address": "10.77.1.11/24"}, ("ClusterCreateIn",)),
     "pool.create": ({"name": "tank", "disks": ["WD-1"], "profile": "single", "compression": "zstd"},
                     ("PoolCreateIn",)),
     "pool.destroy": ({"pool": "tank", "confirm": "tank"}, ("ConfirmQuery",)),
@@ -174,6 +175,7 @@ KNOWN_GAPS: dict[tuple[str, str], str] = {}
 NOT_NAME_FIELDS = {
     ("LoginIn", "username"): "compared with the admin's name, never stored",
     ("LoginIn", "password"): "a secret, compared",
+    ("JoinTokenIn", "ttl"): "a number",
     ("FileUserIn", "password"): "a secret, hashed", ("FileUserPatchIn", "password"): "a secret, hashed",
     ("FileUserIn", "uid"): "a number", ("FileGroupIn", "gid"): "a number",
     ("FileUserPatchIn", "disabled"): "a flag",

@@ -121,11 +121,59 @@ def cmd_cluster_status(client: Client, args) -> int:
     def render(data: dict[str, Any]) -> str:
         rows = [dict(m, peer_urls=",".join(m["peer_urls"])) for m in data["members"]]
         quorum = data["quorum"]
-        return "\n".join([table(rows, MEMBER_COLUMNS), "",
+        cluster = data.get("cluster")
+        heading = (f"cluster {cluster['name']} ({len(cluster['nodes'])} node{'s' if len(cluster['nodes']) != 1 else ''}), "
+                   f"CA {cluster['ca_fingerprint']}" if cluster else "standalone node (not in a cluster)")
+        return "\n".join([heading, table(rows, MEMBER_COLUMNS), "",
                           f"quorum: {quorum['voters_up']} of {quorum['voters']} voters answer, "
                           f"{quorum['quorum']} needed; {quorum['text']}", f"roles: {data['roles']}"])
     show(status, args.json, render)
     return 0 if status["quorum"]["has_quorum"] else 1
+
+
+def cmd_cluster_create(client: Client, args) -> int:
+    job = client.call("POST", "/cluster", {"name": args.name, "address": args.address, "interface": args.interface})
+    show(job, args.json, lambda j: (
+        f"job {j['id']}: {j['title']} ({j['state']})\n"
+        "When it ends, the console presents a certificate from the new cluster CA. Fetch the CA, then "
+        "check that the job's result shows the same fingerprint:\n"
+        "  cairnctl --insecure cluster ca --pem > cluster-ca.pem\n"
+        f"  cairnctl --ca cluster-ca.pem job show {j['id']}"))
+    return 0
+
+
+def cmd_cluster_ca(client: Client, args) -> int:
+    ca = client.call("GET", "/cluster/ca")
+    if args.pem:
+        print(ca["ca"], end="")
+        return 0
+    show(ca, args.json, lambda c: f"cluster CA {c['fingerprint']}\n{c['ca']}")
+    return 0
+
+
+TOKEN_COLUMNS = [("ID", "id"), ("CREATED_BY", "created_by"), ("EXPIRES_AT", "expires"), ("USED_BY", "used_by")]
+
+
+def cmd_cluster_token(client: Client, args) -> int:
+    token = client.call("POST", "/cluster/tokens", {"ttl": args.ttl})
+    show(token, args.json, lambda t: (
+        f"{t['token']}\n\nPaste it on the appliance that should join (console: Cluster → Join, or "
+        f"cairnctl cluster join). It works once, until {time.strftime('%Y-%m-%d %H:%M', time.localtime(t['expires_at']))}; "
+        f"revoke it with: cairnctl cluster revoke {t['id']}"))
+    return 0
+
+
+def cmd_cluster_tokens(client: Client, args) -> int:
+    kept = client.call("GET", "/cluster/tokens")["tokens"]
+    rows = [dict(t, expires=time.strftime("%Y-%m-%d %H:%M", time.localtime(t["expires_at"])),
+                 used_by=t["used_by"] or "-") for t in kept]
+    show(kept, args.json, lambda _: table(rows, TOKEN_COLUMNS))
+    return 0
+
+
+def cmd_cluster_revoke(client: Client, args) -> int:
+    show(client.call("DELETE", f"/cluster/tokens/{args.id}"), args.json, lambda r: r["message"])
+    return 0
 
 
 def cmd_node_diagnose(client: Client, args) -> int:
@@ -197,6 +245,21 @@ def build_parser() -> argparse.ArgumentParser:
     cluster = sub.add_parser("cluster", help="the cluster").add_subparsers(dest="action", required=True)
     cluster.add_parser("status", help="members of the cluster store, quorum, what losing a node would do") \
         .set_defaults(func=cmd_cluster_status)
+    create = cluster.add_parser("create", help="make this node (the one you are logged in to) a cluster's first node")
+    create.add_argument("name", help="the cluster's name")
+    create.add_argument("--address", required=True, help="this node's cluster address with its prefix, e.g. 10.77.1.11/24")
+    create.add_argument("--interface", default="", help="the NIC for cluster traffic, e.g. enp0s9")
+    create.set_defaults(func=cmd_cluster_create)
+    ca = cluster.add_parser("ca", help="the cluster CA certificate and its fingerprint")
+    ca.add_argument("--pem", action="store_true", help="print only the certificate (PEM)")
+    ca.set_defaults(func=cmd_cluster_ca)
+    token = cluster.add_parser("token", help="make a one-time join token for another appliance")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds it stays valid (60 to 604800)")
+    token.set_defaults(func=cmd_cluster_token)
+    cluster.add_parser("tokens", help="join tokens not yet expired").set_defaults(func=cmd_cluster_tokens)
+    revoke = cluster.add_parser("revoke", help="revoke a join token")
+    revoke.add_argument("id")
+    revoke.set_defaults(func=cmd_cluster_revoke)
 
     storage.add_parsers(sub)
     shares.add_parsers(sub)

@@ -76,14 +76,14 @@ PEER_PORT = 2380
 def member_environment(name: str, cluster_ip: str, ca: str, cert: str, key: str,
                        initial_cluster: dict[str, str] | None = None) -> str:
     """/etc/cairn/etcd.env of a cluster member (pure; the file overrides the image's loopback-only
-    drop-in). Clients reach it on the cluster address and on loopback, peers on the cluster address,
-    both over mutual TLS with certificates from the cluster CA only. `initial_cluster` (name → peer
+    drop-in). Clients (this node's services too) and peers reach it on the cluster address only,
+    over mutual TLS with certificates from the cluster CA only. `initial_cluster` (name → peer
     URL, the member itself included) is given when the member joins a running cluster; without it
     the member already has its data (it created the cluster, or it restarts)."""
     host = f"[{cluster_ip}]" if ":" in cluster_ip else cluster_ip
     settings = {
         "name": name,
-        "listen-client-urls": f"https://{host}:{CLIENT_PORT},https://127.0.0.1:{CLIENT_PORT}",
+        "listen-client-urls": f"https://{host}:{CLIENT_PORT}",
         "advertise-client-urls": f"https://{host}:{CLIENT_PORT}",
         "listen-peer-urls": f"https://{host}:{PEER_PORT}",
         "initial-advertise-peer-urls": f"https://{host}:{PEER_PORT}",

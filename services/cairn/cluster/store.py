@@ -196,6 +196,20 @@ class Store:
         # What this process last wrote with put_if_changed: key -> (encoded value, lease).
         self._written: dict[str, tuple[str, int]] = {}
 
+    def reconfigure(self, endpoints: Sequence[str], tls: ClientTls | None) -> None:
+        """Talk to other endpoints, with other TLS files, from the next request on: what a node does
+        when it creates or joins a cluster (its etcd moves to the cluster address and mutual TLS).
+        Requests under way finish on the old connections; watches reconnect to the new ones."""
+        if not endpoints:
+            raise ValueError("at least one etcd endpoint is needed")
+        with self._lock:
+            self.tls = tls
+            self.endpoints = list(endpoints)
+            self._clients = [self._client(url) for url in self.endpoints]
+            self._current = 0
+            self._others = {}
+            self._written = {}
+
     def reset_connections(self) -> None:
         """New HTTP sessions (after fork: a child must not share pooled sockets with its parent)."""
         self._clients = [self._client(url) for url in self.endpoints]
@@ -226,32 +240,36 @@ class Store:
     def _post(self, path: str, body: dict[str, Any], *, idempotent: bool) -> dict[str, Any]:
         errors: list[str] = []
         with self._lock:
-            start = self._current
-        for step in range(len(self._clients)):
-            index = (start + step) % len(self._clients)
-            client = self._clients[index]
+            start, clients, endpoints = self._current, self._clients, self.endpoints
+        for step in range(len(clients)):
+            index = (start + step) % len(clients)
+            client = clients[index]
             try:
                 result = client.post(client.get_url(path), json=body)
             except etcd_errors.ConnectionFailedError as exc:
-                errors.append(f"{self.endpoints[index]}: {_short(exc)}")
+                errors.append(f"{endpoints[index]}: {_short(exc)}")
                 continue
             except etcd_errors.ConnectionTimeoutError as exc:
-                errors.append(f"{self.endpoints[index]}: timed out")
+                errors.append(f"{endpoints[index]}: timed out")
                 if not idempotent:
                     raise Unavailable(
                         f"etcd did not answer a write within {self.timeout:g} s "
-                        f"({self.endpoints[index]}); its outcome is unknown") from exc
+                        f"({endpoints[index]}); its outcome is unknown") from exc
                 continue
             except etcd_errors.Etcd3Exception as exc:
                 text = str(getattr(exc, "detail_text", "") or exc)
-                if "no leader" in text or "timed out" in text or "leader changed" in text:
-                    errors.append(f"{self.endpoints[index]}: {text.strip()[:200]}")
+                if "no leader" in text or "timed out" in text or "leader changed" in text \
+                        or "not supported for learner" in text:
+                    # A learner (a node's own member while it catches up) serves no requests:
+                    # the next endpoint will.
+                    errors.append(f"{endpoints[index]}: {text.strip()[:200]}")
                     if not idempotent:
                         raise Unavailable(f"etcd could not complete a write: {text.strip()[:200]}") from exc
                     continue
                 raise CairnError(f"etcd refused a request to {path}: {text.strip()[:300]}") from exc
             with self._lock:
-                self._current = index
+                if clients is self._clients:
+                    self._current = index
             return result
         raise Unavailable("the cluster store (etcd) is unreachable: " + "; ".join(errors))
 
@@ -501,6 +519,11 @@ class Store:
         (waits up to `wait` seconds for that)."""
         self._member_post("/cluster/member/promote", {"ID": member_id}, wait)
 
+    def member_update(self, member_id: str, peer_urls: list[str], wait: float = MEMBER_WAIT) -> None:
+        """A member's peer addresses (a node creating a cluster moves its member to the cluster
+        address; the member listens there after its restart)."""
+        self._member_post("/cluster/member/update", {"ID": member_id, "peerURLs": peer_urls}, wait)
+
     def member_remove(self, member_id: str, wait: float = MEMBER_WAIT) -> None:
         self._member_post("/cluster/member/remove", {"ID": member_id}, wait)
 
@@ -582,8 +605,8 @@ class Store:
                                       "start_revision": str(next_revision)}}
         while stop is None or not stop.is_set():
             with self._lock:
-                index = self._current
-            client = self._clients[index]
+                index = self._current % len(self._clients)
+                client = self._clients[index]
             request["create_request"]["start_revision"] = str(next_revision)
             try:
                 with client.session.post(client.get_url("/watch"), json=request, stream=True,
@@ -606,14 +629,13 @@ class Store:
             except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError):
                 # Read timeouts on a stream surface as ConnectionError; quiet stream or dead endpoint.
                 yield None
-                if not self._endpoint_alive(index):
+                if not self._endpoint_alive(client):
                     with self._lock:
                         self._current = (index + 1) % len(self._clients)
             except requests.exceptions.Timeout:
                 yield None
 
-    def _endpoint_alive(self, index: int) -> bool:
-        client = self._clients[index]
+    def _endpoint_alive(self, client: Etcd3Client) -> bool:
         try:
             client.session.get(client.base_url + "/version", timeout=1.0)
             return True

@@ -9,9 +9,9 @@ from apiflask import APIBlueprint
 from flask import Response, request, session
 
 from cairn import __version__
-from cairn.cluster import events, history, nodes
+from cairn.cluster import events, formation, history, nodes, pki, tokens
 from cairn.cluster.health import cluster_health
-from cairn.errors import NotFound, Unavailable, ValidationError
+from cairn.errors import Conflict, NotFound, Unavailable, ValidationError
 from cairn.jobs.model import summary
 from cairn.web import schemas, streams
 from cairn.web.app import services
@@ -60,7 +60,77 @@ def store_health():
                 "one more node would do", security=["token", "session"],
         responses={200: "The members, as this node sees them", 503: "The cluster store is unreachable"})
 def cluster():
-    return cluster_health(services()["store"])
+    store = services()["store"]
+    return {**cluster_health(store), "cluster": formation.cluster_summary(store)}
+
+
+@bp.post("/cluster")
+@bp.input(schemas.ClusterCreateIn, arg_name="body")
+@bp.output(schemas.JobOut, status_code=202)
+@bp.doc(summary="Create a cluster on this node: its cluster address, the cluster CA, etcd over mutual TLS "
+                "(a job; the console's certificate becomes one from the cluster CA)",
+        security=["token", "session"],
+        responses={202: "The job was started", 400: "A field is not valid (the field is named)",
+                   409: "This node is already in a cluster"})
+def create_cluster(body: dict[str, Any]):
+    svc = services()
+    existing = formation.cluster_info(svc["store"])
+    if existing is not None or svc["cfg"].cluster.tls:
+        raise Conflict(f"this node is already in cluster {existing['name'] if existing else ''}".strip())
+    return svc["jobs"].submit("cluster.create", svc["cfg"].node_name, body).to_dict()
+
+
+@bp.get("/cluster/ca")
+@bp.output(schemas.ClusterCaOut)
+@bp.doc(summary="The cluster CA certificate (public: trust it once to trust every node's console; a "
+                "joining node checks it against its token)",
+        responses={200: "The CA", 404: "This node is not in a cluster"})
+def cluster_ca():
+    info = formation.cluster_info(services()["store"])
+    if info is None:
+        raise NotFound("this node is not in a cluster")
+    return {"ca": info["ca_cert"], "fingerprint": pki.fingerprint(info["ca_cert"].encode())}
+
+
+def _cluster_or_409() -> dict[str, Any]:
+    info = formation.cluster_info(services()["store"])
+    if info is None or not services()["cfg"].cluster.address:
+        raise Conflict("this node is not in a cluster: create one first (or join one)")
+    return info
+
+
+@bp.post("/cluster/tokens")
+@bp.input(schemas.JoinTokenIn, arg_name="body")
+@bp.output(schemas.JoinTokenOut, status_code=201)
+@bp.doc(summary="Make a one-time join token: paste it on the appliance that should join (it carries "
+                "the cluster CA's fingerprint and this node's cluster address)",
+        security=["token", "session"],
+        responses={201: "The token (shown once)", 400: "ttl is out of range", 409: "This node is not in a cluster"})
+def issue_join_token(body: dict[str, Any]):
+    info = _cluster_or_409()
+    cfg = services()["cfg"]
+    address = formation.console_address(cfg)
+    token, kept = tokens.TokenStore(services()["store"]).issue(
+        info["id"], address, pki.fingerprint(info["ca_cert"].encode()), cfg.node_name, time.time(), body["ttl"])
+    return {"token": token.text(), "id": token.token_id, "expires_at": kept["expires_at"], "address": address}
+
+
+@bp.get("/cluster/tokens")
+@bp.output(schemas.JoinTokenListOut)
+@bp.doc(summary="Join tokens not yet expired, used or not (never their secrets)", security=["token", "session"])
+def list_join_tokens():
+    now = time.time()
+    kept = [t for t in tokens.TokenStore(services()["store"]).list() if t["expires_at"] > now or t["used_by"]]
+    return {"tokens": sorted(kept, key=lambda t: t["created_at"])}
+
+
+@bp.delete("/cluster/tokens/<token_id>")
+@bp.output(schemas.MessageOut)
+@bp.doc(summary="Revoke a join token", security=["token", "session"],
+        responses={200: "Revoked", 400: "Not a token id", 404: "No such token"})
+def revoke_join_token(token_id: str):
+    tokens.TokenStore(services()["store"]).revoke(token_id)
+    return {"message": f"join token {token_id} revoked"}
 
 
 @bp.post("/auth/login")

@@ -44,7 +44,9 @@ from cairn.web.auth import Auth, check_password
 log = logging.getLogger("cairn.web")
 
 API_PREFIX = "/api/v1"
-PUBLIC_ENDPOINTS = {"api.login", "api.health", "console.login", "console.login_post", "static"}
+# The cluster CA is public: a joining node compares it with its token's fingerprint before it
+# trusts anything, and a user fetches it to trust every node's console.
+PUBLIC_ENDPOINTS = {"api.login", "api.health", "api.cluster_ca", "console.login", "console.login_post", "static"}
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 

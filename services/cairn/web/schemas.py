@@ -102,11 +102,67 @@ class QuorumOut(Schema):
     text = String(metadata=d("What losing one more node would do, in a sentence"))
 
 
+class ClusterNodeOut(Schema):
+    id = String(metadata=d("The node's stable identity (its machine-id)"))
+    name = String(metadata=d("The node's name (display only; it may change)"))
+    address = String(metadata=d("The node's cluster address"))
+    interface = String(metadata=d("The NIC that carries it"))
+    joined_at = Float(metadata=d("When the node joined (Unix time)"))
+
+
+class ClusterInfoOut(Schema):
+    id = String(metadata=d("The cluster's id"))
+    name = String(metadata=d("The cluster's name"))
+    created_at = Float(metadata=d("When it was created (Unix time)"))
+    ca_fingerprint = String(metadata=d("SHA-256 fingerprint of the cluster CA (join tokens carry it)"))
+    nodes = List(Nested(ClusterNodeOut), metadata=d("The nodes of the cluster"))
+
+
 class ClusterOut(Schema):
+    cluster = Nested(ClusterInfoOut, allow_none=True,
+                     metadata=d("The cluster this node is in; null while the node is standalone"))
     members = List(Nested(ClusterMemberOut), metadata=d("The cluster store's members"))
     leader = String(metadata=d("Member id of the leader ('' when there is none)"))
     quorum = Nested(QuorumOut, metadata=d("Quorum now, and what the cluster can lose"))
     roles = String(metadata=d("Why the members have the roles they have"))
+
+
+class ClusterCaOut(Schema):
+    ca = String(metadata=d("The cluster CA certificate (PEM)"))
+    fingerprint = String(metadata=d("Its SHA-256 fingerprint, as join tokens carry it"))
+
+
+class ClusterCreateIn(Schema):
+    name = String(required=True, validate=Length(1, 40), metadata=d("The cluster's name, e.g. office"))
+    interface = String(load_default="", validate=Length(0, 15),
+                       metadata=d("The NIC for cluster traffic (etcd, migration, storage), e.g. enp0s9"))
+    address = String(required=True, validate=Length(3, 64),
+                     metadata=d("This node's static cluster address with its prefix, e.g. 10.77.1.11/24"))
+
+
+class JoinTokenIn(Schema):
+    ttl = WholeNumber(load_default=3600, validate=Range(60, 7 * 24 * 3600),
+                      metadata=d("Seconds the token stays valid (default one hour, at most 7 days)"))
+
+
+class JoinTokenOut(Schema):
+    token = String(metadata=d("The token to paste on the joining node (shown once)"))
+    id = String(metadata=d("The token's id (to revoke it)"))
+    expires_at = Float(metadata=d("When it expires (Unix time)"))
+    address = String(metadata=d("The cluster node the joining node will ask (host:port)"))
+
+
+class JoinTokenRecordOut(Schema):
+    id = String(metadata=d("The token's id"))
+    created_by = String(metadata=d("The node whose console made it"))
+    created_at = Float(metadata=d("When it was made (Unix time)"))
+    expires_at = Float(metadata=d("When it expires (Unix time)"))
+    used_by = String(allow_none=True, metadata=d("The node that joined with it; null while unused"))
+    used_at = Float(allow_none=True, metadata=d("When it was used"))
+
+
+class JoinTokenListOut(Schema):
+    tokens = List(Nested(JoinTokenRecordOut), metadata=d("Join tokens not yet expired (never their secrets)"))
 
 
 class DiskUsageOut(Schema):

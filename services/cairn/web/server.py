@@ -116,7 +116,12 @@ class _Gunicorn(BaseApplication):
 
     def load(self):
         """In each worker, after gevent's patch: the app with its own store client and event hub."""
-        app = create_app(self.cairn_cfg, config_mod.open_store(self.cairn_cfg))
+        cfg = self.cairn_cfg
+        if cfg.path:
+            # A reload (SIGHUP, sent by a cluster job) starts new workers: they read the settings
+            # as they are now (the cluster's store endpoints and TLS files).
+            cfg = config_mod.load(cfg.path)
+        app = create_app(cfg, config_mod.open_store(cfg))
         app.wsgi_app = guards.BodyDeadlines(app.wsgi_app, gevent.Timeout)
         return app
 
@@ -162,6 +167,7 @@ def options(cfg: config_mod.Config, cert: str, key: str) -> dict:
         "timeout": 60,
         "graceful_timeout": 5,
         "proc_name": "cairn-web",
+        "pidfile": str(cfg.state_dir / "web.pid"),
         "control_socket_disable": True,
         "post_worker_init": _start_hub,
     }
@@ -175,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     one_line_logs(logging.getLogger())
     cfg = config_mod.load(args.config)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
-    tls = ensure_tls(cfg.state_dir, socket.gethostname(), [cfg.node_name])
+    host = cfg.web.bind.rpartition(":")[0].strip("[]")
+    tls = ensure_tls(cfg.state_dir, socket.gethostname(),
+                     [cfg.node_name] + ([host] if host not in ("0.0.0.0", "::") else []))
     prepare(cfg, config_mod.open_store(cfg))
     _Gunicorn(cfg, options(cfg, str(tls.cert), str(tls.key))).run()
     return 0
