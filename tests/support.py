@@ -135,7 +135,8 @@ def SANDBOXED_CLUSTER_JOBS(base: Path) -> dict:
     machine: no networkd unit, etcd's environment file in the stack's directory, and no launcher
     to restart (so such a job fails, putting everything back)."""
     return {"manage_network": False, "etcd_env": str(base / "etcd.env"), "etcd_control": "pidfile",
-            "etcd_pidfile": str(base / "no-etcd-launcher.pid")}
+            "etcd_pidfile": str(base / "no-etcd-launcher.pid"), "etcd_tls_dir": str(base / "etcd-tls"),
+            "etcd_data_dir": str(base / "etcd-data")}
 
 
 def start_stack(base: Path, node: str = "node-a", storage: config_mod.StorageConfig | None = None,
@@ -182,7 +183,8 @@ def start_node(base: Path, host: str, node: str) -> Stack:
         shares=share_sandbox(base / "shares"),
         compute=config_mod.ComputeConfig(accel="tcg", log_dir=str(base / "vm-logs")),
         cluster=config_mod.ClusterConfig(manage_network=False, etcd_env=str(etcd.override),
-                                         etcd_control="pidfile", etcd_pidfile=str(etcd.pidfile)))
+                                         etcd_control="pidfile", etcd_pidfile=str(etcd.pidfile),
+                                         etcd_tls_dir=str(etcd.dir / "tls"), etcd_data_dir=str(etcd.data_dir)))
     config_path = write_config(base / "cairn.toml", cfg)
     agent = start_agent(config_path, base / "agent.log")
     web = start_web(config_path, base / "web.log")

@@ -41,6 +41,10 @@
     manage_network = true                       # write the address as a systemd-networkd unit
                                                 # (false: it must already be on the node: tests)
     etcd_env = "/etc/cairn/etcd.env"            # etcd's environment file, rewritten by create/join
+    etcd_tls_dir = "/etc/cairn/etcd-tls"        # etcd's copy of the CA, node certificate and key
+    etcd_user = "etcd"                          # ... readable by this user's group (etcd runs as it)
+    etcd_data_dir = "/var/lib/etcd"             # the standalone member's data; a join starts a
+                                                # new member in <etcd_data_dir>-cluster
     etcd_control = "systemd"                    # how etcd is restarted: systemd, or "pidfile": a
     etcd_pidfile = ""                           # launcher whose pid is there restarts it on SIGHUP
 
@@ -125,6 +129,9 @@ class ClusterConfig:
     interface: str = ""
     manage_network: bool = True
     etcd_env: str = "/etc/cairn/etcd.env"
+    etcd_tls_dir: str = "/etc/cairn/etcd-tls"
+    etcd_user: str = "etcd"
+    etcd_data_dir: str = "/var/lib/etcd"
     etcd_control: str = "systemd"
     etcd_pidfile: str = ""
 
@@ -316,6 +323,7 @@ TABLES: dict[str, tuple[type, dict[str, Any]]] = {
     "cluster": (ClusterConfig, {"ca": _optional_path, "cert": _optional_path, "key": _optional_path,
                                 "address": _address, "interface": _text, "manage_network": _bool,
                                 "etcd_env": _path, "etcd_control": _one_of("systemd", "pidfile"),
+                                "etcd_tls_dir": _path, "etcd_user": _text, "etcd_data_dir": _path,
                                 "etcd_pidfile": _optional_path}),
 }
 

@@ -282,6 +282,10 @@ class EtcdService:
         return self.dir / "etcd-service.pid"
 
     @property
+    def data_dir(self) -> Path:
+        return self.dir / "etcd-data"
+
+    @property
     def standalone_url(self) -> str:
         return f"http://{self.host}:{etcd_settings.CLIENT_PORT}"
 
@@ -289,7 +293,7 @@ class EtcdService:
         self.dir.mkdir(parents=True, exist_ok=True)
         peer = f"http://{self.host}:{etcd_settings.PEER_PORT}"
         if not self.base.exists():
-            base = {"name": self.name, "data-dir": str(self.dir / "etcd-data"),
+            base = {"name": self.name, "data-dir": str(self.data_dir),
                     "listen-client-urls": self.standalone_url, "advertise-client-urls": self.standalone_url,
                     "listen-peer-urls": peer, "initial-advertise-peer-urls": peer,
                     "heartbeat-interval": "100", "election-timeout": "1000", "log-level": "warn",
@@ -410,9 +414,14 @@ def main(argv: list[str] | None = None) -> int:
     etcd = EtcdCluster.create(state, 1, client_ports=[_stable_port(state / "etcd-port")],
                               peer_ports=[_stable_port(state / "etcd-peer-port")])
     node = socket.gethostname()
+    # Cluster jobs stay in the state directory: no networkd unit, no systemctl (etcd here is not
+    # under the launcher, so a cluster create fails and puts everything back).
+    cluster = config_mod.ClusterConfig(manage_network=False, etcd_env=str(state / "etcd.env"),
+                                       etcd_control="pidfile", etcd_pidfile=str(state / "no-etcd-launcher.pid"),
+                                       etcd_tls_dir=str(state / "etcd-tls"), etcd_data_dir=str(state / "etcd-data"))
     cfg = config_mod.Config(node_name=node, etcd_endpoints=tuple(etcd.endpoints), state_dir=state,
                             web=config_mod.WebConfig(bind=f"127.0.0.1:{args.port}", workers=2),
-                            shares=share_sandbox(state / "shares"))
+                            shares=share_sandbox(state / "shares"), cluster=cluster)
     config_path = write_config(state / "cairn.toml", cfg)
     daemons: list[Daemon] = []
     stop = threading.Event()

@@ -108,17 +108,17 @@ def upload(node, api, local, pool: str, name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def vm(bed, tmp_path_factory):
-    """Pool tank; the guest uploaded as a qcow2 and imported as VM `guest` (fixed MAC → GUEST_IP), running."""
+    """Pool vmtank; the guest uploaded as a qcow2 and imported as VM `guest` (fixed MAC → GUEST_IP), running."""
     node = bed.nodes[0]
     api = node.api()
     name = api.get("/nodes")["nodes"][0]["name"]
-    done(api, "POST", "/pools", {"name": "tank", "node": name, "disks": ["CAIRN-VD1"], "profile": "single"})
+    done(api, "POST", "/pools", {"name": "vmtank", "node": name, "disks": ["CAIRN-VD1"], "profile": "single"})
     qcow2 = tmp_path_factory.mktemp("images") / "guest.qcow2"
     Runner().run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(REPO_GUEST), str(qcow2)])
-    image = upload(node, api, qcow2, "tank", "guest.qcow2")
+    image = upload(node, api, qcow2, "vmtank", "guest.qcow2")
     assert image["kind"] == "disk" and image["format"] == "qcow2", image
     ip = bed.network.reserve("lan", MAC, GUEST_IP)
-    job = done(api, "POST", "/vms", {"name": "guest", "pool": "tank", "vcpus": 1, "memory_mib": 128,
+    job = done(api, "POST", "/vms", {"name": "guest", "pool": "vmtank", "vcpus": 1, "memory_mib": 128,
                                      "firmware": "bios", "cpu_model": "qemu64",
                                      "disks": [{"import": image["path"]}], "nics": [{"mac": MAC}]})
     assert job["result"]["accel"] == bed.inner_accel
@@ -180,14 +180,14 @@ def test_snapshot_of_the_running_vm_restored_as_new_boots_with_the_old_data(bed,
 
 def test_fstrim_in_the_guest_gives_the_space_back_to_the_pool(vm):
     node, api, ip = vm
-    disk = "/pools/tank/vms/guest/disk0.raw"
+    disk = "/pools/vmtank/vms/guest/disk0.raw"
 
     def allocated() -> int:
         return int(node.succeed(f"stat -c %b {disk}")) * 512
 
     def pool_used() -> int:
-        node.succeed("btrfs filesystem sync /pools/tank")
-        return int(node.succeed("df -B1 --output=used /pools/tank").split()[-1])
+        node.succeed("btrfs filesystem sync /pools/vmtank")
+        return int(node.succeed("df -B1 --output=used /pools/vmtank").split()[-1])
 
     empty, pool_empty = allocated(), pool_used()
     guest_run(node, ip, "dd if=/dev/urandom of=/data/big bs=1M count=32 2>/dev/null && sync")
@@ -211,7 +211,7 @@ def test_fstrim_in_the_guest_gives_the_space_back_to_the_pool(vm):
 def test_ten_clones_in_one_job_each_with_its_own_identity_two_booted(vm):
     node, api, _ = vm
     done(api, "POST", "/vms/guest/actions/poweroff", {})
-    used = int(node.succeed("sync && df -B1 --output=used /pools/tank").split()[-1])
+    used = int(node.succeed("sync && df -B1 --output=used /pools/vmtank").split()[-1])
     started = time.monotonic()
     job = done(api, "POST", "/vms/guest/clones", {"count": 10})
     print(f"\n10 clones through the API (job done) in the appliance: {time.monotonic() - started:.2f} s")
@@ -220,7 +220,7 @@ def test_ten_clones_in_one_job_each_with_its_own_identity_two_booted(vm):
     vms = {v["name"]: v for v in api.get("/vms")["vms"]}
     assert len({vms[n]["nics"][0]["mac"] for n in names} | {MAC}) == 11
     assert len({vms[n]["uuid"] for n in names} | {vms["guest"]["uuid"]}) == 11
-    grown = int(node.succeed("sync && df -B1 --output=used /pools/tank").split()[-1]) - used
+    grown = int(node.succeed("sync && df -B1 --output=used /pools/vmtank").split()[-1]) - used
     assert grown < 16 * MIB, f"ten reflink clones took {grown / MIB:.0f} MiB of the pool"
     for name in names[:2]:
         done(api, "POST", f"/vms/{name}/actions/start", {})

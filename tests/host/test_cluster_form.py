@@ -11,6 +11,7 @@ import socket
 import ssl
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -24,10 +25,11 @@ from support import finish_job, start_node, wait_until
 NET = f"127.{random.randint(100, 250)}.{random.randint(0, 250)}"
 
 
-def verified(stack, ca: str) -> requests.Session:
+def verified(stack, ca: str, password: str | None = None) -> requests.Session:
     session = stack.session(login=False)
     session.verify = ca
-    reply = session.post(stack.url + "/api/v1/auth/login", json={"username": "admin", "password": stack.password})
+    reply = session.post(stack.url + "/api/v1/auth/login",
+                         json={"username": "admin", "password": password or stack.password})
     reply.raise_for_status()
     session.headers["Authorization"] = "Bearer " + reply.json()["token"]
     return session
@@ -45,8 +47,30 @@ def refused(url: str, **options) -> str:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     stack = start_node(tmp_path_factory.mktemp("node1"), f"{NET}.1", "node1")
+    CLUSTER_PASSWORD.append(stack.password)
     yield stack
     stack.stop()
+
+
+def standalone(tmp_path_factory, number: int):
+    stack = start_node(tmp_path_factory.mktemp(f"node{number}"), f"{NET}.{number}", f"node{number}")
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="module")
+def node2(tmp_path_factory):
+    yield from standalone(tmp_path_factory, 2)
+
+
+@pytest.fixture(scope="module")
+def node3(tmp_path_factory):
+    yield from standalone(tmp_path_factory, 3)
+
+
+@pytest.fixture(scope="module")
+def node4(tmp_path_factory):
+    yield from standalone(tmp_path_factory, 4)
 
 
 def test_a_create_with_an_address_that_is_not_the_nodes_fails_and_changes_nothing(node):
@@ -140,6 +164,124 @@ def test_join_tokens_carry_the_ca_fingerprint_and_this_nodes_address_and_are_kep
     assert session.get(node.url + "/api/v1/cluster/tokens").json()["tokens"] == []
 
 
+# --- joining ---------------------------------------------------------------------------------------
+def cluster_ca(node) -> str:
+    return str(node.dir / "cluster" / "ca.pem")
+
+
+def new_token(node) -> str:
+    session = verified(node, cluster_ca(node))
+    return session.post(node.url + "/api/v1/cluster/tokens", json={"ttl": 600}).json()["token"]
+
+
+def tampered(text: str, **change) -> str:
+    import base64
+    body = json.loads(base64.urlsafe_b64decode(text.removeprefix(tokens.PREFIX) + "=="))
+    body.update(change)
+    return tokens.PREFIX + base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip("=")
+
+
+def join(stack, token: str, number: int) -> dict:
+    session = stack.session()
+    reply = session.post(stack.url + "/api/v1/cluster/join", json={"token": token, "address": f"{NET}.{number}/24"})
+    assert reply.status_code == 202, reply.text
+    return wait_until(lambda: _ended(stack, reply.json()["id"]), 180, "cluster.join to end")
+
+
+def test_a_join_with_a_bad_token_is_refused_naming_the_problem_and_changes_nothing(node, node2):
+    session = node2.session()
+    reply = session.post(node2.url + "/api/v1/cluster/join", json={"token": "hello", "address": f"{NET}.2/24"})
+    assert reply.status_code == 400 and "not a Cairn join token" in reply.text
+    token = new_token(node)
+    wrong_secret = join(node2, tampered(token, s="x" * 32), 2)
+    assert wrong_secret["state"] == "failed" and "the join token's secret is wrong" in wrong_secret["error"]
+    other_ca = join(node2, tampered(token, f="sha256:" + "0" * 64), 2)
+    assert other_ca["state"] == "failed" and "is not the one the token names" in other_ca["error"]
+    other_cluster = join(node2, tampered(token, c="0" * 16), 2)
+    assert other_cluster["state"] == "failed" and "for another cluster" in other_cluster["error"]
+    assert session.get(node2.url + "/api/v1/cluster").json()["cluster"] is None
+    assert len(verified(node, cluster_ca(node)).get(node.url + "/api/v1/cluster").json()["members"]) == 1
+    # The sponsor's side: a join request needs a good token, nothing else lets one in.
+    anonymous = requests.Session()
+    anonymous.trust_env = False          # else $REQUESTS_CA_BUNDLE replaces the cluster CA
+    anonymous.verify = cluster_ca(node)
+    request = {"token": tampered(token, s="y" * 32), "node_id": "1" * 32, "name": "intruder",
+               "address": f"{NET}.9", "csr": "x"}
+    reply = anonymous.post(node.url + "/api/v1/cluster/join-requests", json=request)
+    assert reply.status_code == 401 and "secret is wrong" in reply.json()["error"]["message"]
+    reply = anonymous.post(node.url + "/api/v1/cluster/join-requests", json={**request, "token": "x"})
+    assert reply.status_code == 400 and "token" in reply.json()["error"]["fields"]
+
+
+def test_a_node_joins_with_its_records_and_both_consoles_manage_both_nodes(node, node2):
+    cluster = verified(node, cluster_ca(node))
+    password = node.password
+    assert node2.session().post(node2.url + "/api/v1/file-users",
+                                json={"name": "bob", "password": "Secret-123"}).status_code == 201
+    token = new_token(node)
+    started = time.monotonic()
+    job = join(node2, token, 2)
+    assert job["state"] == "success", job
+    assert job["result"]["role"].startswith("voting member"), job["result"]
+    wait_until(lambda: {n["name"]: n["online"] for n in cluster.get(node.url + "/api/v1/nodes").json()["nodes"]}
+               == {"node1": True, "node2": True}, 60, "node1's console shows node2 online")
+    print(f"join: token pasted → node2 online in node1's console in {time.monotonic() - started:.1f} s")
+    # node2's console now presents a certificate from the cluster CA, and its users are the cluster's.
+    second = wait_until(lambda: _try(verified, node2, cluster_ca(node), password), 60, "node2's console, reloaded")
+    assert sorted(n["name"] for n in second.get(node2.url + "/api/v1/nodes").json()["nodes"]) == ["node1", "node2"]
+    assert cluster.get(node.url + "/api/v1/file-users/bob").status_code == 200       # bob came along
+    status = cluster.get(node.url + "/api/v1/cluster").json()
+    assert sorted((m["name"], m["role"]) for m in status["members"]) == sorted(
+        [(node.cfg.node_id, "voter"), (node2.cfg.node_id, "voter")])
+    assert [n["name"] for n in status["cluster"]["nodes"]] == sorted(["node1", "node2"], key=lambda n: {
+        "node1": node.cfg.node_id, "node2": node2.cfg.node_id}[n])
+    # A job for node2 submitted on node1's console runs on node2; the token is used up.
+    diagnostics = finish_job(cluster, node, "post", "/nodes/node2/diagnostics", json={"samples": 2})
+    assert diagnostics["state"] == "success" and diagnostics["node"] == "node2"
+    assert refused(f"http://{NET}.2:2379/version") == "ConnectionError"
+    again = second.post(node2.url + "/api/v1/cluster/join", json={"token": token, "address": f"{NET}.2/24"})
+    assert again.status_code == 409 and "already in a cluster" in again.json()["error"]["message"]
+
+
+def test_a_name_clash_refuses_the_join_listing_the_names_then_the_renamed_node_joins(node, node3):
+    cluster = verified(node, cluster_ca(node))
+    assert cluster.post(node.url + "/api/v1/file-users", json={"name": "alice", "password": "Secret-123"}).status_code == 201
+    own = node3.session()
+    assert own.post(node3.url + "/api/v1/file-users", json={"name": "alice", "password": "Secret-123"}).status_code == 201
+    token = new_token(node)
+    refused_job = join(node3, token, 3)
+    assert refused_job["state"] == "failed" and "file user alice" in refused_job["error"], refused_job
+    assert "nothing was changed" in refused_job["error"]
+    assert own.get(node3.url + "/api/v1/cluster").json()["cluster"] is None          # still standalone
+    assert len(cluster.get(node.url + "/api/v1/cluster").json()["members"]) == 2
+    assert own.delete(node3.url + "/api/v1/file-users/alice").status_code == 200
+    job = join(node3, token, 3)                                                    # the same token
+    assert job["state"] == "success", job
+    status = cluster.get(node.url + "/api/v1/cluster").json()
+    assert sorted(m["role"] for m in status["members"]) == ["voter"] * 3
+    assert status["quorum"]["can_lose"] == 1
+
+
+def test_a_join_that_fails_after_the_cluster_admitted_the_node_is_undone(node, node4):
+    cluster = verified(node, cluster_ca(node))
+    own = node4.session()
+    # (an id of its own: every node numbers its users from 10000, and the same id is a clash)
+    assert own.post(node4.url + "/api/v1/file-users",
+                    json={"name": "dave", "password": "Secret-123", "uid": 20000}).status_code == 201
+    # etcd's new data directory cannot be made (a file is in the way): after the node was admitted.
+    Path(node4.cfg.cluster.etcd_data_dir + "-cluster").write_text("in the way")
+    job = join(node4, new_token(node), 4)
+    assert job["state"] == "failed" and "cannot make etcd's data directory" in job["error"], job
+    assert "the join was undone" in job["error"]
+    assert len(cluster.get(node.url + "/api/v1/cluster").json()["members"]) == 3
+    assert cluster.get(node.url + "/api/v1/file-users/dave").status_code == 404
+    assert "node4" not in [n["name"] for n in cluster.get(node.url + "/api/v1/cluster").json()["cluster"]["nodes"]]
+    assert own.get(node4.url + "/api/v1/cluster").json()["cluster"] is None
+    assert own.get(node4.url + "/api/v1/file-users/dave").status_code == 200
+    again = finish_job(own, node4, "post", "/nodes/node4/diagnostics", json={"samples": 2})
+    assert again["state"] == "success"
+
+
 def ctl(stack, *args):
     """cairnctl as a user runs it, logged in to the node (its state in the node's directory)."""
     env = {"XDG_CONFIG_HOME": str(stack.dir / "cli")}
@@ -150,12 +292,28 @@ def ctl(stack, *args):
     return run([sys.executable, "-m", "cairn.cli.main", *args], env=env, timeout=60)
 
 
+CLUSTER_PASSWORD: list[str] = []    # node1's admin password: a joined node's users are the cluster's
+SESSIONS: dict = {}
+
+
 def _ended(stack, job_id: str):
-    session = _try(verified, stack, stack.ca)
-    if session is None:
+    """The job once it has ended, asked through the node's console as it is now (its certificate and
+    users change when it creates or joins a cluster); None meanwhile."""
+    session = SESSIONS.get(stack.url)
+    reply = _try(lambda: session.get(f"{stack.url}/api/v1/jobs/{job_id}")) if session else None
+    if reply is None or reply.status_code == 401:
+        # Log in again: first as the cluster's admin (once the node has joined, its users are the
+        # cluster's), then as the node's own. Few wrong attempts: the login limit counts them.
+        for password in (*CLUSTER_PASSWORD, stack.password):
+            session = _try(verified, stack, stack.ca, password)
+            if session:
+                SESSIONS[stack.url] = session
+                break
         return None
-    job = _try(lambda: session.get(f"{stack.url}/api/v1/jobs/{job_id}").json())
-    return job if job and job["state"] not in ("queued", "running") else None
+    if reply.status_code != 200:
+        return None         # 503 while the node's store moves, 404 on a worker not reloaded yet
+    job = reply.json()
+    return job if job["state"] not in ("queued", "running") else None
 
 
 def _try(function, *args):

@@ -17,6 +17,7 @@ import pytest
 from apiflask import Schema
 
 from cairn import config
+from cairn.cluster import tokens
 from cairn.compute import image_store, images, model as vm_model
 from cairn.compute.service import VmService
 from cairn.errors import ValidationError
@@ -110,6 +111,8 @@ JOBS: dict[str, tuple[dict, tuple[str, ...]]] = {
     "disk.selftest": ({"disk": "WD-1", "type": "short"}, ("SelfTestIn",)),
     "node.diagnostics": ({"samples": 5}, ("DiagnosticsIn",)),
     "cluster.create": ({"name": "office", "interface": "enp0s9", "address": "10.77.1.11/24"}, ("ClusterCreateIn",)),
+    "cluster.join": ({"token": tokens.new_token("0123456789abcdef", "10.77.1.11:443", "sha256:" + "a" * 64).text(),
+                      "interface": "enp0s9", "address": "10.77.1.12/24"}, ("ClusterJoinIn",)),
     "pool.create": ({"name": "tank", "disks": ["WD-1"], "profile": "single", "compression": "zstd"},
                     ("PoolCreateIn",)),
     "pool.destroy": ({"pool": "tank", "confirm": "tank"}, ("ConfirmQuery",)),
@@ -153,6 +156,7 @@ NOT_NAMES = {
     ("VM", "cloud_init.password"): "a secret, hashed at once: only a line break is refused (openssl reads one line)",
     ("iSCSI target", "luns[0].size"): "a size: white space around it is ignored",
     ("iSCSI LUN", "size"): "a size: white space around it is ignored",
+    ("job cluster.join", "token"): "a join token: parsed whole (any character outside its alphabet is refused)",
     ("job disk.selftest", "disk"): "a disk id (serial) looked up in the node's inventory, never used as a name",
     ("job pool.create", "disks[0]"): "a disk id, looked up",
     ("job pool.expand", "disks[0]"): "a disk id, looked up",
@@ -176,6 +180,8 @@ NOT_NAME_FIELDS = {
     ("LoginIn", "username"): "compared with the admin's name, never stored",
     ("LoginIn", "password"): "a secret, compared",
     ("JoinTokenIn", "ttl"): "a number",
+    ("JoinRequestIn", "*"): "a node's join request: every field checked by cluster.formation.check_join_request "
+                            "(the node name as node_name is, the rest as ids, addresses, a token, a CSR)",
     ("FileUserIn", "password"): "a secret, hashed", ("FileUserPatchIn", "password"): "a secret, hashed",
     ("FileUserIn", "uid"): "a number", ("FileGroupIn", "gid"): "a number",
     ("FileUserPatchIn", "disabled"): "a flag",

@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 
 from cairn import __version__, config as config_mod
 from cairn.agent.reconcile import ReconcileLoop
 from cairn.cluster import nodes
+from cairn.cluster.formation import wait_for_store
 from cairn.cluster.history import HistoryKeeper
 from cairn.cluster.lost_nodes import ROUND_SECONDS as LOST_NODES_ROUND, LostNodes
 from cairn.cluster.store import Store
@@ -80,8 +83,9 @@ class Agent:
         self.publisher = nodes.NodePublisher(self.store, self.node)
         self.history = HistoryKeeper(self.store, self.node, cfg.history)
         self.lost_nodes = LostNodes(self.store, self.node)
+        self.restart_requested = False
         self.executor = Executor(self.jobs, self.node, self.runner, self.lease, config=cfg,
-                                 after_job=self._after_job)
+                                 after_job=self._after_job, node_hooks=self)
         self.monitor = StorageMonitor(self.runner, self.store, self.node, cfg.storage)
         storage = self.monitor.storage
         self.shares = ShareApplier(self.runner, self.store, self.node, cfg.shares, cfg.storage.pools_root,
@@ -96,6 +100,24 @@ class Agent:
                 self._lease = self.store.grant_lease(nodes.NODE_LEASE_TTL)
                 nodes.mark_alive(self.store, self.node, self._lease, time.time())
             return self._lease
+
+    # --- hooks for cluster jobs (cairn.jobs.executor.JobContext.move_store) -------------------------
+    def move_store(self, endpoints: list[str], tls) -> int:
+        """The store moved (this node created or joined a cluster): talk to it from now on, under a
+        new node lease there. Returns that lease."""
+        with self._lease_lock:
+            self.store.reconfigure(endpoints, tls)
+            wait_for_store(self.store)
+            self._lease = self.store.grant_lease(nodes.NODE_LEASE_TTL)
+            nodes.mark_alive(self.store, self.node, self._lease, time.time())
+            self.publisher.forget()
+            return self._lease
+
+    def restart(self) -> None:
+        """Start this agent again from its settings file (after a cluster job changed them): its
+        watches then follow the cluster's store from its beginning."""
+        self.restart_requested = True
+        self.stop.set()
 
     def heartbeat_once(self) -> None:
         """Keep the node lease alive (that is the heartbeat); republish the inventory only when
@@ -280,7 +302,9 @@ class Agent:
         self.stop.set()
         with self._lease_lock:
             lease, self._lease = self._lease, 0
-        if lease:
+        # Restarting, the lease is left to expire: the new process re-binds node-alive/<node> at
+        # once, so the cluster never sees the node gone.
+        if lease and not self.restart_requested:
             try:
                 self.store.revoke_lease(lease)
             except CairnError:
@@ -298,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     agent.start()
     agent.stop.wait()
     agent.shutdown()
+    if agent.restart_requested:
+        log.info("cairn-agent starting again with its new settings")
+        os.execv(sys.executable, [sys.executable, "-m", "cairn.agent.main", *(sys.argv[1:] if argv is None else argv)])
     log.info("cairn-agent stopped")
     return 0
 

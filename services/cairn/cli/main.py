@@ -142,6 +142,17 @@ def cmd_cluster_create(client: Client, args) -> int:
     return 0
 
 
+def cmd_cluster_join(client: Client, args) -> int:
+    token = sys.stdin.readline().strip() if args.token == "-" else args.token
+    job = client.call("POST", "/cluster/join", {"token": token, "address": args.address, "interface": args.interface})
+    show(job, args.json, lambda j: (
+        f"job {j['id']}: {j['title']} ({j['state']})\n"
+        "When it ends, this node's console presents a certificate from the cluster CA and its users "
+        "are the cluster's: log in again with the cluster's admin account (cairnctl cluster ca --pem "
+        "fetches the CA)."))
+    return 0
+
+
 def cmd_cluster_ca(client: Client, args) -> int:
     ca = client.call("GET", "/cluster/ca")
     if args.pem:
@@ -250,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--address", required=True, help="this node's cluster address with its prefix, e.g. 10.77.1.11/24")
     create.add_argument("--interface", default="", help="the NIC for cluster traffic, e.g. enp0s9")
     create.set_defaults(func=cmd_cluster_create)
+    join = cluster.add_parser("join", help="join this node (the one you are logged in to) to a cluster")
+    join.add_argument("token", help="the join token from a cluster node's console (- reads it from standard input)")
+    join.add_argument("--address", required=True, help="this node's cluster address with its prefix, e.g. 10.77.1.12/24")
+    join.add_argument("--interface", default="", help="this node's NIC for cluster traffic, e.g. enp0s9")
+    join.set_defaults(func=cmd_cluster_join)
     ca = cluster.add_parser("ca", help="the cluster CA certificate and its fingerprint")
     ca.add_argument("--pem", action="store_true", help="print only the certificate (PEM)")
     ca.set_defaults(func=cmd_cluster_ca)

@@ -32,19 +32,27 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import os
+import pwd
 import re
 import secrets
+import shutil
 import socket
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import requests
+import urllib3
+
 from cairn import config as config_mod
-from cairn.cluster import etcd_settings, events, network, pki
-from cairn.cluster.store import ClientTls, Store
-from cairn.errors import CairnError, Conflict, Unavailable, ValidationError
+from cairn.cluster import etcd_settings, events, membership, merge, network, pki, tokens
+from cairn.cluster.store import ClientTls, Delete, Put, Store, absent
+from cairn.errors import AuthenticationError, CairnError, Conflict, Unavailable, ValidationError
 from cairn.jobs.registry import job_kind
+from cairn.jobs.service import record_writes
 from cairn.runner import Runner
 from cairn.system.diagnostics import parse_ip_addr
 from cairn.system.files import read_text, write_if_changed, write_private
@@ -184,6 +192,39 @@ class LocalNode:
         files["ca"].write_bytes(ca_pem)
         return files
 
+    def write_etcd_tls(self, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> dict[str, Path]:
+        """etcd's copy of the node's TLS files: etcd runs as its own user, which cannot read
+        /var/lib/cairn; its copy is readable by etcd's group only (where that user exists)."""
+        directory = Path(self.cfg.cluster.etcd_tls_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        files = {"ca": directory / "ca.pem", "cert": directory / "node.pem", "key": directory / "node.key"}
+        write_private(files["key"], key_pem)
+        files["cert"].write_bytes(cert_pem)
+        files["ca"].write_bytes(ca_pem)
+        try:
+            group = pwd.getpwnam(self.cfg.cluster.etcd_user).pw_gid
+        except KeyError:
+            return files
+        for path in (directory, *files.values()):
+            os.chown(path, 0, group)
+        os.chmod(directory, 0o750)
+        os.chmod(files["key"], 0o640)
+        return files
+
+    def new_etcd_data_dir(self, path: str) -> None:
+        """An empty directory for a joining member's data, owned by etcd's user where there is one."""
+        try:
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            os.makedirs(path, mode=0o700)
+        except OSError as exc:
+            raise CairnError(f"cannot make etcd's data directory {path}: {exc.strerror or exc}") from None
+        try:
+            owner = pwd.getpwnam(self.cfg.cluster.etcd_user)
+        except KeyError:
+            return
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+
     def use_for_console(self, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> None:
         """The console presents the node certificate; clients (cairnctl) trust the cluster CA."""
         tls = self.cfg.state_dir / "tls"
@@ -256,6 +297,42 @@ def cluster_summary(store: Store) -> dict[str, Any] | None:
             "nodes": [{"id": node_id, **value} for node_id, value in sorted(nodes.items())]}
 
 
+# --- what the API and the console start ---------------------------------------------------------
+def refuse_if_clustered(store: Store, cfg: config_mod.Config) -> None:
+    existing = cluster_info(store)
+    if existing is not None or cfg.cluster.tls:
+        raise Conflict(f"this node is already in cluster {existing['name'] if existing else ''}".strip()
+                       + ": it cannot create or join another")
+
+
+def start_create(store: Store, cfg: config_mod.Config, jobs, params: dict[str, Any]):
+    refuse_if_clustered(store, cfg)
+    return jobs.submit("cluster.create", cfg.node_name, params)
+
+
+def start_join(store: Store, cfg: config_mod.Config, jobs, params: dict[str, Any]):
+    refuse_if_clustered(store, cfg)
+    return jobs.submit("cluster.join", cfg.node_name, params)
+
+
+def issue_token(store: Store, cfg: config_mod.Config, ttl: int) -> dict[str, Any]:
+    """A join token naming this node's console on the cluster network (shown once)."""
+    info = cluster_info(store)
+    if info is None or not cfg.cluster.address:
+        raise Conflict("this node is not in a cluster: create one first (or join one)")
+    address = console_address(cfg)
+    token, kept = tokens.TokenStore(store).issue(info["id"], address, pki.fingerprint(info["ca_cert"].encode()),
+                                                 cfg.node_name, time.time(), ttl)
+    return {"token": token.text(), "id": token.token_id, "expires_at": kept["expires_at"], "address": address}
+
+
+def live_tokens(store: Store, now: float | None = None) -> list[dict[str, Any]]:
+    """Join tokens not yet expired, and used ones (never their secrets), oldest first."""
+    now = time.time() if now is None else now
+    kept = [t for t in tokens.TokenStore(store).list() if t["expires_at"] > now or t["used_by"]]
+    return sorted(kept, key=lambda t: t["created_at"])
+
+
 # --- the job -------------------------------------------------------------------------------------
 @job_kind("cluster.create", title="Create cluster {name}", check_params=check_create,
           locks=lambda node, params: ["cluster"])
@@ -289,22 +366,19 @@ def create_cluster(ctx, params: dict[str, Any]) -> dict[str, Any]:
                        [a for i in local.interfaces() for a in i["addresses"]])
     cert = pki.sign_node(ca, pki.make_csr(key, cfg.node_id, names), now)
     files = local.write_node_tls(ca.cert_pem, cert, key)
+    etcd_files = local.write_etcd_tls(ca.cert_pem, cert, key)
     tls = ClientTls(str(files["ca"]), str(files["cert"]), str(files["key"]))
 
     ctx.progress(45, "moving the cluster store to the cluster address, over mutual TLS")
     member = members[0]
     old_environment = local.etcd_environment()
     old_endpoints, old_tls = list(store.endpoints), store.tls
-    environment = etcd_settings.member_environment(cfg.node_id, ip, str(files["ca"]), str(files["cert"]),
-                                                   str(files["key"]))
-    data_dir = etcd_data_dir(old_environment)
-    if data_dir:
-        environment += f"ETCD_DATA_DIR={data_dir}\n"
+    environment = etcd_settings.member_environment(cfg.node_id, ip, str(etcd_files["ca"]),
+                                                   str(etcd_files["cert"]), str(etcd_files["key"]))
     store.member_update(member.member_id, [peer_url(ip)])
     try:
         local.restart_etcd(environment)
-        store.reconfigure([client_url(ip)], tls)
-        wait_for_store(store)
+        ctx.move_store([client_url(ip)], tls)
     except CairnError as exc:
         ctx.log(f"etcd did not come back over TLS ({exc.message}); putting the standalone store back")
         _put_back(ctx, local, store, old_environment, old_endpoints, old_tls, member)
@@ -340,18 +414,361 @@ def _put_back(ctx, local: LocalNode, store: Store, environment: str | None, endp
         local.restart_etcd(environment)
     except CairnError as exc:
         ctx.log(f"restarting etcd with its old settings failed: {exc.message}")
-    store.reconfigure(endpoints, tls)
     try:
-        wait_for_store(store)
+        ctx.move_store(endpoints, tls)
         store.member_update(member.member_id, member.peer_urls)
     except CairnError as exc:
         ctx.log(f"etcd's old peer address could not be put back: {exc.message}")
 
 
-def etcd_data_dir(environment: str | None) -> str:
-    """ETCD_DATA_DIR from an environment file's text, or "" (pure)."""
-    for line in (environment or "").splitlines():
-        name, _, value = line.partition("=")
-        if name.strip() == "ETCD_DATA_DIR":
-            return value.strip()
-    return ""
+
+
+# --- joining: the sponsor's side (a cluster node's web server) ---------------------------------------
+JOIN_REQUEST_FIELDS = {"token", "node_id", "name", "address", "interface", "keys", "csr", "check_only"}
+MAX_BROUGHT_KEYS = 20_000          # a join request is one JSON body (at most 1 MiB)
+
+
+def check_join_request(body: Any) -> dict[str, Any]:
+    """A joining node's request, checked field by field (pure); the token is parsed, not yet checked."""
+    if not isinstance(body, dict):
+        raise ValidationError({"body": "a JSON object"})
+    problems = {name: "unknown field" for name in set(body) - JOIN_REQUEST_FIELDS}
+    token = None
+    try:
+        token = tokens.parse(body.get("token"))
+    except ValidationError as exc:
+        problems.update(exc.fields)
+    if config_mod.node_id_problem(body.get("node_id")) or body.get("node_id") == "0" * 32:
+        problems["node_id"] = "the joining node's machine-id (32 hex digits)"
+    problem = config_mod.node_name_problem(body.get("name"))
+    if problem:
+        problems["name"] = problem
+    try:
+        ipaddress.ip_address(body.get("address"))
+    except (ValueError, TypeError):
+        problems["address"] = "the joining node's cluster address (an IP address)"
+    if not isinstance(body.get("interface", ""), str) or not INTERFACE.fullmatch(body.get("interface", "")):
+        problems["interface"] = "a network interface name"
+    keys = body.get("keys", [])
+    if not isinstance(keys, list) or len(keys) > MAX_BROUGHT_KEYS \
+            or not all(isinstance(k, str) and k and len(k) < 1024 and k.isprintable() for k in keys):
+        problems["keys"] = "the store keys of the records the node brings (a list of strings)"
+    check_only = body.get("check_only", False)
+    if not isinstance(check_only, bool):
+        problems["check_only"] = "true or false"
+    if not check_only and not isinstance(body.get("csr"), str):
+        problems["csr"] = "the node's certificate signing request (PEM)"
+    if problems:
+        raise ValidationError(problems)
+    return {"token": token, "node_id": body["node_id"], "name": body["name"], "address": body["address"],
+            "interface": body.get("interface", ""), "keys": keys, "csr": body.get("csr", ""),
+            "check_only": check_only}
+
+
+class Sponsor:
+    """A cluster node admitting a joining node (its web server, on the token's say-so).
+
+    Before anything changes, the token is checked (not yet used up) and so is everything that would
+    make the join wrong: the node or its name or address already in the cluster, a record name or
+    claim the cluster already has (the list of them), another membership change under way. Then,
+    in this order: the node's certificate is signed, its etcd member added as a learner, the token
+    used (if that fails, the member is removed again), and cluster/nodes/<id> written ("joining")."""
+
+    def __init__(self, store: Store, clock=time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    def admit(self, request: dict[str, Any]) -> dict[str, Any]:
+        info = cluster_info(self.store)
+        if info is None:
+            raise Conflict("this node is not in a cluster")
+        token: tokens.JoinToken = request["token"]
+        now = self.clock()
+        kept = self.store.get_entry(f"join-tokens/{token.token_id}")
+        tokens.check_presented(kept.value if kept else None, token, info["id"], now)
+        self._check(request)
+        if request["check_only"]:
+            return {"ok": True, "cluster_id": info["id"], "name": info["name"]}
+        request_names = pki.read_csr(request["csr"])
+        if request_names.node_id != request["node_id"] or request["address"] not in request_names.names:
+            raise ValidationError({"csr": "the signing request must name this node's id and its cluster address"})
+        ca = pki.KeyPair(info["ca_cert"].encode(), self.store.get(CA_KEY)["key"].encode())
+        cert = pki.sign_node(ca, request["csr"], datetime.datetime.now(datetime.timezone.utc))
+        added, everyone = self.store.member_add([peer_url(request["address"])], learner=True)
+        try:
+            tokens.TokenStore(self.store).consume(token, info["id"], request["name"], now)
+        except CairnError:
+            self.store.member_remove(added.member_id)
+            raise
+        self.store.put(NODES + request["node_id"], {
+            "name": request["name"], "address": request["address"], "interface": request["interface"],
+            "joined_at": now, "state": "joining", "member_id": added.member_id})
+        named = {m.member_id: m.name for m in everyone}
+        named[added.member_id] = request["node_id"]
+        initial = {named[m.member_id]: url for m in everyone for url in m.peer_urls}
+        endpoints = [url for m in everyone if not m.learner for url in m.client_urls]
+        return {"cluster_id": info["id"], "name": info["name"], "cert": cert.decode(), "ca": info["ca_cert"],
+                "member_id": added.member_id, "initial_cluster": initial, "endpoints": endpoints}
+
+    def _check(self, request: dict[str, Any]) -> None:
+        nodes = {e.key.removeprefix(NODES): e.value for e in self.store.list(NODES)}
+        if request["node_id"] in nodes:
+            raise Conflict(f"this node ({nodes[request['node_id']]['name']}) is already in the cluster")
+        names = {value["name"] for value in nodes.values()} | \
+            {e.key.removeprefix("nodes/") for e in self.store.list("nodes/", keys_only=True)}
+        if request["name"] in names:
+            raise Conflict(f"a node named {request['name']} is already in the cluster: give this node "
+                           "another name (node_name in its cairn.toml), then join again")
+        taken = {value["address"]: value["name"] for value in nodes.values()}
+        if request["address"] in taken:
+            raise Conflict(f"{request['address']} is already {taken[request['address']]}'s cluster address")
+        cluster_keys = [e.key for prefix in (*merge.CLUSTER_WIDE, *merge.CLAIMS)
+                        for e in self.store.list(prefix, keys_only=True)]
+        merge.check_no_clash(request["keys"], cluster_keys)
+        pending = [m for m in self.store.members() if not m.name]
+        if pending:
+            raise Conflict(f"another node is joining (member {pending[0].member_id} has not started yet); "
+                           "try again when it has joined")
+
+
+# --- joining: the joining node's side (its agent) ----------------------------------------------------
+def check_join(params: dict[str, Any]) -> dict[str, Any]:
+    problems = {name: "unknown parameter" for name in set(params) - {"token", "interface", "address"}}
+    try:
+        tokens.parse(params.get("token"))
+    except ValidationError as exc:
+        problems.update(exc.fields)
+    try:
+        checked = check_create({"name": "x", "interface": params.get("interface", ""),
+                                "address": params.get("address")})
+    except ValidationError as exc:
+        problems.update(exc.fields)
+        checked = {}
+    if problems:
+        raise ValidationError(problems)
+    return {"token": params["token"].strip(), "interface": checked["interface"], "address": checked["address"]}
+
+
+class SponsorClient:
+    """Requests from the joining node to the cluster node its token names."""
+
+    def __init__(self, address: str) -> None:
+        self.base = f"https://{address}/api/v1"
+
+    def ca(self, fingerprint: str) -> bytes:
+        """The cluster CA, when its fingerprint is the token's (before that, nothing is trusted)."""
+        try:
+            with warnings.catch_warnings():
+                # Not verified by a CA (none is trusted yet): by the token's fingerprint, below.
+                warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+                reply = requests.get(self.base + "/cluster/ca", verify=False, timeout=15)
+        except requests.RequestException as exc:
+            raise Unavailable(f"the cluster node {self.base.split('/')[2]} did not answer: {exc}") from None
+        if reply.status_code != 200:
+            raise CairnError(f"{self.base.split('/')[2]} is not a cluster node (it answered {reply.status_code})")
+        ca_pem = reply.json()["ca"].encode()
+        if pki.fingerprint(ca_pem) != fingerprint:
+            raise AuthenticationError(
+                f"the cluster CA at {self.base.split('/')[2]} is not the one the token names (fingerprint "
+                f"{pki.fingerprint(ca_pem)}, token {fingerprint}): another cluster, or someone in between; "
+                "nothing was changed")
+        return ca_pem
+
+    def request(self, ca_file: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            reply = requests.post(self.base + "/cluster/join-requests", json=body, verify=ca_file, timeout=90)
+        except requests.RequestException as exc:
+            raise Unavailable(f"the cluster node {self.base.split('/')[2]} did not answer: {exc}") from None
+        if reply.status_code >= 400:
+            try:
+                message = reply.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = reply.text[:300]
+            error = {401: AuthenticationError, 409: Conflict}.get(reply.status_code, CairnError)
+            raise error(f"the cluster refused the join: {message}")
+        return reply.json()
+
+
+def local_records(store: Store) -> list[str]:
+    """Keys of the records this node brings into a cluster (its desired and observed state)."""
+    keys: list[str] = []
+    for prefix in (*merge.CLUSTER_WIDE, *merge.UNDER_A_POOL, *merge.CLAIMS, *merge.OBSERVED):
+        keys += [e.key for e in store.list(prefix, keys_only=True)]
+    return merge.brought(keys)
+
+
+IMPORT_CHUNK = 1000
+
+
+def import_records(source: Store, target: Store, keys: list[str], extra: list[Put]) -> list[str]:
+    """Copy keys (and extra writes) into the target store, each only where it is absent there: a
+    chunk with a key taken meanwhile is refused whole. Returns the keys written (to undo them)."""
+    written: list[str] = []
+    entries = [(key, entry) for key, entry in zip(keys, source.get_many(keys)) if entry is not None]
+    writes = [Put(key, entry.value) for key, entry in entries] + extra
+    for start in range(0, len(writes), IMPORT_CHUNK):
+        chunk = writes[start:start + IMPORT_CHUNK]
+        if not target.txn([absent(w.key) for w in chunk], chunk):
+            raise Conflict("a name of this node was taken in the cluster while it joined; join again")
+        written += [w.key for w in chunk]
+    return written
+
+
+@job_kind("cluster.join", title="Join a cluster", check_params=check_join, locks=lambda node, params: ["cluster"])
+def join_cluster(ctx, params: dict[str, Any]) -> dict[str, Any]:
+    cfg: config_mod.Config = ctx.config
+    store: Store = ctx.store
+    local = LocalNode(ctx.runner, cfg)
+    token = tokens.parse(params["token"])
+    ctx.progress(5, "checking this node and its cluster address")
+    if cfg.cluster.tls or cluster_info(store) is not None:
+        raise Conflict("this node is already in a cluster: it cannot join another")
+    if cfg.node_id == "0" * 32:
+        raise CairnError("this node has no machine-id (/etc/machine-id), its identity in the cluster")
+    ip = local.check_address(params["interface"], params["address"], {})
+
+    ctx.progress(10, f"checking the cluster at {token.address}")
+    sponsor = SponsorClient(token.address)
+    ca_pem = sponsor.ca(token.ca_fingerprint)
+    files = cluster_files(cfg)
+    files["ca"].parent.mkdir(parents=True, exist_ok=True)
+    files["ca"].write_bytes(ca_pem)
+    keys = local_records(store)
+    request = {"token": params["token"], "node_id": cfg.node_id, "name": cfg.node_name, "address": ip,
+               "interface": params["interface"], "keys": keys}
+    checked = sponsor.request(str(files["ca"]), {**request, "check_only": True})
+    ctx.log(f"cluster {checked['name']} accepts this node ({len(keys)} records come along)")
+
+    ctx.progress(20, f"giving {params['interface'] or 'the node'} the cluster address {params['address']}")
+    local.apply_address(params["interface"], params["address"])
+
+    ctx.progress(30, "asking for this node's certificate and etcd membership")
+    key = pki.new_key()
+    names = node_names(ip, socket.gethostname(), cfg.node_name,
+                       [a for i in local.interfaces() for a in i["addresses"]])
+    admitted = sponsor.request(str(files["ca"]), {**request, "csr": pki.make_csr(key, cfg.node_id, names).decode()})
+    cert = admitted["cert"].encode()
+    files = local.write_node_tls(ca_pem, cert, key)
+    etcd_files = local.write_etcd_tls(ca_pem, cert, key)
+    tls = ClientTls(str(files["ca"]), str(files["cert"]), str(files["key"]))
+    cluster = Store(admitted["endpoints"], store.root, tls=tls)
+    undo = _JoinUndo(ctx, local, store, cluster, admitted["member_id"], cfg)
+    try:
+        ctx.progress(45, "bringing this node's records into the cluster")
+        # The job's own record comes along (its progress goes on there); its running index only
+        # once this node holds a lease there (a running job of a node without one is failed).
+        undo.imported = import_records(store, cluster, keys, record_writes(ctx.job))
+
+        ctx.progress(55, "starting this node's etcd as a member of the cluster (a learner first)")
+        data_dir = cfg.cluster.etcd_data_dir.rstrip("/") + "-cluster"
+        local.new_etcd_data_dir(data_dir)
+        undo.old_environment = local.etcd_environment()
+        undo.etcd_restarted = True
+        environment = etcd_settings.member_environment(
+            cfg.node_id, ip, str(etcd_files["ca"]), str(etcd_files["cert"]), str(etcd_files["key"]),
+            admitted["initial_cluster"]) + f"ETCD_DATA_DIR={data_dir}\n"
+        local.restart_etcd(environment)
+        endpoints = admitted["endpoints"] + [client_url(ip)]
+        undo.old_endpoints, undo.old_tls = list(store.endpoints), store.tls
+        ctx.move_store(endpoints, tls)
+        undo.moved = True
+        running = f"job-running/{ctx.node}/{ctx.job.id}"
+        store.put(running, {"since": ctx.job.started_at})
+        undo.imported.append(running)
+        _wait_member_up(cluster, client_url(ip))
+        ctx.log(f"this node's etcd member answers at {client_url(ip)}")
+    except BaseException as exc:
+        undo.run()
+        if isinstance(exc, CairnError):
+            raise CairnError(f"{exc.message}; the join was undone: this node is standalone as before") from None
+        raise
+
+    ctx.progress(75, "switching this node's services to the cluster")
+    local.write_config(clustered_config(cfg, ip, params["interface"], endpoints))
+    local.use_for_console(ca_pem, cert, key)
+    local.reload_web()
+    store.put(NODES + cfg.node_id, {"name": cfg.node_name, "address": ip, "interface": params["interface"],
+                                    "joined_at": time.time(), "state": "member",
+                                    "member_id": admitted["member_id"]})
+
+    ctx.progress(85, "giving the cluster the voting members it needs")
+    role = promote_if_wanted(store, admitted["member_id"], len(store.list(NODES, keys_only=True)))
+    ctx.log(role)
+    events.emit(store, severity="info", node=cfg.node_name, source="cluster",
+                message=f"{cfg.node_name} ({ip}) joined cluster {admitted['name']}")
+    ctx.restart_after = True
+    ctx.progress(100, "done")
+    return {"cluster_id": admitted["cluster_id"], "name": admitted["name"], "address": ip,
+            "member_id": admitted["member_id"], "role": role, "records": len(keys)}
+
+
+def _wait_member_up(store: Store, url: str, seconds: float = STORE_BACK_SECONDS) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            store.status_at(url, timeout=2.0)
+            return
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def promote_if_wanted(store: Store, member_id: str, nodes: int) -> str:
+    """Promote this node's learner when the cluster wants another voter (membership.next_step),
+    once it has caught up. Returns the member's role in words."""
+    states = []
+    for member in store.members():
+        healthy = True
+        for url in member.client_urls[:1]:
+            try:
+                store.status_at(url, timeout=2.0)
+            except Unavailable:
+                healthy = False
+        states.append(membership.MemberState(member.member_id, member.name, not member.learner, healthy))
+    step = membership.next_step(states, nodes)
+    if step.action != "promote" or step.member_id != member_id:
+        voter = any(s.member_id == member_id and s.voter for s in states)
+        return "voting member" if voter else f"learner ({membership.role_reason(nodes)})"
+    try:
+        store.member_promote(member_id, wait=120.0)
+    except CairnError as exc:
+        return f"learner for now: promoting it failed ({exc.message})"
+    return f"voting member ({step.why})"
+
+
+class _JoinUndo:
+    """Putting a half-done join back: the cluster forgets the node (its member, its records), the
+    node gets its standalone etcd, store client and files back. Each step runs even when one before
+    it failed; what failed is said in the job's log."""
+
+    def __init__(self, ctx, local: LocalNode, store: Store, cluster: Store, member_id: str,
+                 cfg: config_mod.Config) -> None:
+        self.ctx, self.local, self.store, self.cluster, self.member_id, self.cfg = ctx, local, store, cluster, member_id, cfg
+        self.imported: list[str] = []
+        self.etcd_restarted = False
+        self.moved = False
+        self.old_environment: str | None = None
+        self.old_endpoints: list[str] = list(store.endpoints)
+        self.old_tls = store.tls
+
+    def _try(self, what: str, step) -> None:
+        try:
+            step()
+        except Exception as exc:   # every step is tried; the log says what could not be undone
+            self.ctx.log(f"undoing the join: {what} failed: {getattr(exc, 'message', exc)}")
+
+    def run(self) -> None:
+        self.ctx.log("the join failed: undoing it")
+        self._try("removing this node's etcd member from the cluster", lambda: self.cluster.member_remove(self.member_id))
+        for start in range(0, len(self.imported), IMPORT_CHUNK):
+            chunk = self.imported[start:start + IMPORT_CHUNK]
+            self._try("removing the records brought", lambda: self.cluster.txn([], [Delete(k) for k in chunk]))
+        self._try("forgetting the node in the cluster", lambda: self.cluster.delete(NODES + self.cfg.node_id))
+        if self.etcd_restarted:
+            self._try("starting the standalone etcd again", lambda: self.local.restart_etcd(self.old_environment))
+        if self.moved:
+            self._try("talking to the standalone store again", lambda: self.ctx.move_store(self.old_endpoints, self.old_tls))
+        shutil.rmtree(self.cfg.cluster.etcd_data_dir.rstrip("/") + "-cluster", ignore_errors=True)
+        for path in (*cluster_files(self.cfg).values(), *Path(self.cfg.cluster.etcd_tls_dir).glob("*")):
+            Path(path).unlink(missing_ok=True)

@@ -27,6 +27,14 @@ CLUSTER_WIDE = {
 }
 # Records that come along under their pool's name.
 UNDER_A_POOL = ("volumes/", "images/")
+# Claims of values that must be unique in the cluster (a file user's or group's id, a VM's MAC
+# address, an iSCSI IQN): the same key on both sides is a clash too.
+CLAIMS = {"share-ids/uid/": "file user id", "share-ids/gid/": "file group id", "vm-macs/": "VM MAC address",
+          "iscsi-iqns/": "iSCSI IQN"}
+# What the agent reports of the records (observed state): it comes along, and is written anew by
+# the joined node's agent anyway.
+OBSERVED = ("pool-status/", "array-status/", "vm-status/", "iscsi-status/", "iscsi-trash/",
+            "pool-maintenance/")
 
 
 def named(keys: list[str]) -> set[tuple[str, str]]:
@@ -40,9 +48,14 @@ def named(keys: list[str]) -> set[tuple[str, str]]:
 
 
 def clashes(joining: list[str], cluster: list[str]) -> list[str]:
-    """The joining node's names already taken in the cluster, as the console says them, sorted."""
+    """The joining node's names and claims already taken in the cluster, as the console says them,
+    sorted."""
     taken = named(joining) & named(cluster)
-    return sorted(f"{CLUSTER_WIDE[prefix]} {name}" for prefix, name in taken)
+    found = [f"{CLUSTER_WIDE[prefix]} {name}" for prefix, name in taken]
+    both = set(joining) & set(cluster)
+    for prefix, what in CLAIMS.items():
+        found += [f"{what} {key[len(prefix):]}" for key in both if key.startswith(prefix)]
+    return sorted(found)
 
 
 def check_no_clash(joining: list[str], cluster: list[str]) -> None:
@@ -55,5 +68,5 @@ def check_no_clash(joining: list[str], cluster: list[str]) -> None:
 
 def brought(keys: list[str]) -> list[str]:
     """The joining node's keys that move into the cluster store (its desired state), in key order."""
-    moving = tuple(CLUSTER_WIDE) + UNDER_A_POOL
+    moving = tuple(CLUSTER_WIDE) + UNDER_A_POOL + tuple(CLAIMS) + OBSERVED
     return sorted(key for key in keys if key.startswith(moving))

@@ -39,8 +39,11 @@ class JobContext:
 
     def __init__(self, service: JobService, job: Job, runner: Runner,
                  clock: Callable[[], float] = time.time, config=None,
-                 after_job: Callable[[Job], None] | None = None, fence: Compare | None = None) -> None:
+                 after_job: Callable[[Job], None] | None = None, fence: Compare | None = None,
+                 node_hooks=None) -> None:
         self.service = service
+        self.node_hooks = node_hooks    # the agent's NodeHooks (cluster jobs), None in bare tests
+        self.restart_after = False      # the job asks its agent to start again once it has ended
         self.fence = fence            # the node lease the job runs under (None in bare tests)
         self.config = config
         self.after_job = after_job    # runs before the end is recorded (e.g. republish the disk inventory)          # the node's cairn.config.Config (None in bare tests)
@@ -74,6 +77,14 @@ class JobContext:
         self._last_write = time.monotonic()
         self._pending = False
 
+    def move_store(self, endpoints: list[str], tls) -> None:
+        """This node's store moves (the node creates or joins a cluster): the agent's client
+        follows, and the job goes on under the node's new lease there. A joining node has first
+        copied the job's records into the cluster's store (JobService.record_writes)."""
+        lease = self.node_hooks.move_store(endpoints, tls)
+        self.fence = held_by(f"node-alive/{self.node}", lease)
+        self.written_count = self.job.log_count
+
     def check_abort(self) -> None:
         if self.service.abort_requested(self.job.id):
             raise JobAborted()
@@ -82,8 +93,9 @@ class JobContext:
 class Executor:
     def __init__(self, service: JobService, node: str, runner: Runner, lease: Callable[[], int],
                  clock: Callable[[], float] = time.time, config=None,
-                 after_job: Callable[[Job], None] | None = None) -> None:
+                 after_job: Callable[[Job], None] | None = None, node_hooks=None) -> None:
         self.service = service
+        self.node_hooks = node_hooks
         self.config = config
         self.after_job = after_job    # runs before the end is recorded (e.g. republish the disk inventory)
         self.node = node
@@ -149,7 +161,8 @@ class Executor:
         thread.start()
 
     def _run(self, job: Job, kind: registry.JobKind, fence: Compare | None = None) -> None:
-        ctx = JobContext(self.service, job, self.runner, self.clock, self.config, fence=fence)
+        ctx = JobContext(self.service, job, self.runner, self.clock, self.config, fence=fence,
+                         node_hooks=self.node_hooks)
         try:
             event = self._outcome(ctx, kind)
             if event is None:
@@ -160,6 +173,8 @@ class Executor:
                 except Exception:
                     log.exception("after-job hook failed for job %s", job.id)
             self._finish(ctx, event)
+            if ctx.restart_after and self.node_hooks is not None:
+                self.node_hooks.restart()
         finally:
             with self._guard:
                 self._running.pop(job.id, None)

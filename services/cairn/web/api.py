@@ -11,7 +11,7 @@ from flask import Response, request, session
 from cairn import __version__
 from cairn.cluster import events, formation, history, nodes, pki, tokens
 from cairn.cluster.health import cluster_health
-from cairn.errors import Conflict, NotFound, Unavailable, ValidationError
+from cairn.errors import NotFound, Unavailable, ValidationError
 from cairn.jobs.model import summary
 from cairn.web import schemas, streams
 from cairn.web.app import services
@@ -74,10 +74,7 @@ def cluster():
                    409: "This node is already in a cluster"})
 def create_cluster(body: dict[str, Any]):
     svc = services()
-    existing = formation.cluster_info(svc["store"])
-    if existing is not None or svc["cfg"].cluster.tls:
-        raise Conflict(f"this node is already in cluster {existing['name'] if existing else ''}".strip())
-    return svc["jobs"].submit("cluster.create", svc["cfg"].node_name, body).to_dict()
+    return formation.start_create(svc["store"], svc["cfg"], svc["jobs"], body).to_dict()
 
 
 @bp.get("/cluster/ca")
@@ -92,11 +89,30 @@ def cluster_ca():
     return {"ca": info["ca_cert"], "fingerprint": pki.fingerprint(info["ca_cert"].encode())}
 
 
-def _cluster_or_409() -> dict[str, Any]:
-    info = formation.cluster_info(services()["store"])
-    if info is None or not services()["cfg"].cluster.address:
-        raise Conflict("this node is not in a cluster: create one first (or join one)")
-    return info
+@bp.post("/cluster/join")
+@bp.input(schemas.ClusterJoinIn, arg_name="body")
+@bp.output(schemas.JobOut, status_code=202)
+@bp.doc(summary="Join this (standalone) node to a cluster with a token from a cluster node's console "
+                "(a job: the cluster CA is checked against the token, this node's records come along, "
+                "its etcd joins as a learner and is promoted when a voter is wanted)",
+        security=["token", "session"],
+        responses={202: "The job was started", 400: "The token or a field is not valid (named)",
+                   409: "This node is already in a cluster"})
+def join_cluster(body: dict[str, Any]):
+    svc = services()
+    return formation.start_join(svc["store"], svc["cfg"], svc["jobs"], body).to_dict()
+
+
+@bp.post("/cluster/join-requests")
+@bp.input(schemas.JoinRequestIn, arg_name="body")
+@bp.output(schemas.JoinRequestOut)
+@bp.doc(summary="A joining node asks to be admitted (node to node; authenticated by the join token, "
+                "not by a user): checked, then its certificate signed and its etcd member added",
+        responses={200: "Admitted (or, with check_only, it would be)", 400: "A field is not valid",
+                   401: "The token is unknown, expired, wrong or for another cluster",
+                   409: "The token was used, or a name of the node is taken in the cluster (listed)"})
+def join_request(body: dict[str, Any]):
+    return formation.Sponsor(services()["store"]).admit(formation.check_join_request(body))
 
 
 @bp.post("/cluster/tokens")
@@ -107,21 +123,14 @@ def _cluster_or_409() -> dict[str, Any]:
         security=["token", "session"],
         responses={201: "The token (shown once)", 400: "ttl is out of range", 409: "This node is not in a cluster"})
 def issue_join_token(body: dict[str, Any]):
-    info = _cluster_or_409()
-    cfg = services()["cfg"]
-    address = formation.console_address(cfg)
-    token, kept = tokens.TokenStore(services()["store"]).issue(
-        info["id"], address, pki.fingerprint(info["ca_cert"].encode()), cfg.node_name, time.time(), body["ttl"])
-    return {"token": token.text(), "id": token.token_id, "expires_at": kept["expires_at"], "address": address}
+    return formation.issue_token(services()["store"], services()["cfg"], body["ttl"])
 
 
 @bp.get("/cluster/tokens")
 @bp.output(schemas.JoinTokenListOut)
 @bp.doc(summary="Join tokens not yet expired, used or not (never their secrets)", security=["token", "session"])
 def list_join_tokens():
-    now = time.time()
-    kept = [t for t in tokens.TokenStore(services()["store"]).list() if t["expires_at"] > now or t["used_by"]]
-    return {"tokens": sorted(kept, key=lambda t: t["created_at"])}
+    return {"tokens": formation.live_tokens(services()["store"])}
 
 
 @bp.delete("/cluster/tokens/<token_id>")

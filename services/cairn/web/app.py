@@ -46,7 +46,9 @@ log = logging.getLogger("cairn.web")
 API_PREFIX = "/api/v1"
 # The cluster CA is public: a joining node compares it with its token's fingerprint before it
 # trusts anything, and a user fetches it to trust every node's console.
-PUBLIC_ENDPOINTS = {"api.login", "api.health", "api.cluster_ca", "console.login", "console.login_post", "static"}
+# A join request is authenticated by its join token (a node asks, not a user).
+PUBLIC_ENDPOINTS = {"api.login", "api.health", "api.cluster_ca", "api.join_request", "console.login",
+                    "console.login_post", "static"}
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -77,7 +79,7 @@ def create_app(cfg: Config, store: Store | None = None) -> APIFlask:
     _load_secret_key(app)
 
     from cairn.web import (api, api_images, api_iscsi, api_shares, api_storage, api_vms, console,
-                           console_images, console_shares, console_storage, console_vms)
+                           console_cluster, console_images, console_shares, console_storage, console_vms)
     app.register_blueprint(api.bp, url_prefix=API_PREFIX)
     app.register_blueprint(api_storage.bp, url_prefix=API_PREFIX)
     app.register_blueprint(api_shares.bp, url_prefix=API_PREFIX)
@@ -86,6 +88,7 @@ def create_app(cfg: Config, store: Store | None = None) -> APIFlask:
     app.register_blueprint(api_images.bp, url_prefix=API_PREFIX)
     app.spec_processor(api_images.document_upload_body)
     app.register_blueprint(console.bp)
+    app.register_blueprint(console_cluster.bp)
     app.register_blueprint(console_storage.bp)
     app.register_blueprint(console_shares.bp)
     app.register_blueprint(console_vms.bp)

@@ -140,6 +140,37 @@ class ClusterCreateIn(Schema):
                      metadata=d("This node's static cluster address with its prefix, e.g. 10.77.1.11/24"))
 
 
+class ClusterJoinIn(Schema):
+    token = String(required=True, validate=Length(1, 1024),
+                   metadata=d("The join token shown on a cluster node's console"))
+    interface = String(load_default="", validate=Length(0, 15),
+                       metadata=d("This node's NIC for cluster traffic, e.g. enp0s9"))
+    address = String(required=True, validate=Length(3, 64),
+                     metadata=d("This node's static cluster address with its prefix, e.g. 10.77.1.12/24"))
+
+
+class JoinRequestIn(Schema):
+    token = String(required=True, metadata=d("The join token (it authenticates the request)"))
+    node_id = String(required=True, metadata=d("The joining node's machine-id"))
+    name = String(required=True, metadata=d("The joining node's name"))
+    address = String(required=True, metadata=d("The joining node's cluster address"))
+    interface = String(load_default="", metadata=d("Its cluster NIC"))
+    keys = List(String(), load_default=list, metadata=d("Store keys of the records the node brings"))
+    csr = String(load_default="", metadata=d("The node's certificate signing request (PEM)"))
+    check_only = Boolean(load_default=False, metadata=d("Only check: change nothing, use up nothing"))
+
+
+class JoinRequestOut(Schema):
+    ok = Boolean(metadata=d("check_only: the join would be accepted"))
+    cluster_id = String(metadata=d("The cluster's id"))
+    name = String(metadata=d("The cluster's name"))
+    cert = String(metadata=d("The node's certificate from the cluster CA (PEM)"))
+    ca = String(metadata=d("The cluster CA (PEM)"))
+    member_id = String(metadata=d("The node's etcd member (a learner until promoted)"))
+    initial_cluster = Dict(keys=String(), values=String(), metadata=d("etcd member name → peer URL"))
+    endpoints = List(String(), metadata=d("Client URLs of the voting members"))
+
+
 class JoinTokenIn(Schema):
     ttl = WholeNumber(load_default=3600, validate=Range(60, 7 * 24 * 3600),
                       metadata=d("Seconds the token stays valid (default one hour, at most 7 days)"))
