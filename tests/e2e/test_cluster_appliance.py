@@ -83,6 +83,11 @@ def cluster(testbed_nodes, as_appliance):
     return testbed, passwords
 
 
+def cairn_name(node) -> str:
+    """The node's name in Cairn (its host name, cairn-xxxxxx), not the testbed's node1/2/3."""
+    return node.succeed("hostname").strip()
+
+
 def test_three_appliances_form_a_cluster_and_every_console_manages_every_node(cluster):
     testbed, passwords = cluster
     node1, node2, node3 = testbed.nodes
@@ -96,34 +101,39 @@ def test_three_appliances_form_a_cluster_and_every_console_manages_every_node(cl
     print(f"cluster.create on {node3.name}: {time.monotonic() - started:.0f} s")
     assert "05-cairn-cluster.network" in node3.succeed("ls /etc/systemd/network")
 
+    brought: dict[str, str] = {}            # pool → node, of what the joining nodes hold
     for node, password in ((node1, passwords[0]), (node2, passwords[1])):
         token = third.call("POST", "/cluster/tokens", json={"ttl": 900}).json()["token"]
         interface, address = cluster_nic(node)
         joining = Console(node, password)
+        brought |= {p["name"]: p["node"] for p in joining.call("GET", "/pools").json()["pools"]}
         reply = joining.call("POST", "/cluster/join", json={"token": token, "interface": interface, "address": address})
         assert reply.status_code == 202, reply.text
         started = time.monotonic()
         # Once joined, the node's console answers with the cluster's accounts (node3's admin).
         joined = Console(node, passwords[2])
-        wait_until(lambda: node.name in [n["name"] for n in third.call("GET", "/nodes").json()["nodes"]
-                                          if n["online"]], 600, f"{node.name} online in node3's console", interval=2)
+        name = cairn_name(node)
+        wait_until(lambda: name in [n["name"] for n in third.call("GET", "/nodes").json()["nodes"] if n["online"]],
+                   600, f"{node.name} online in node3's console", interval=2)
         print(f"join of {node.name}: token pasted → online in node3's console in {time.monotonic() - started:.0f} s")
         job = joined.job(reply.json()["id"])
         assert job["state"] == "success", job
 
     consoles = [Console(node, passwords[2]) for node in (node1, node2, node3)]
-    names = sorted(node.name for node in testbed.nodes)
+    names = sorted(cairn_name(node) for node in testbed.nodes)
     for console in consoles:
         wait_until(lambda: sorted(n["name"] for n in console.call("GET", "/nodes").json()["nodes"] if n["online"])
                    == names, 300, f"{console.node.name}'s console lists every node online", interval=2)
     status = consoles[0].call("GET", "/cluster").json()
     assert sorted(m["role"] for m in status["members"]) == ["voter"] * 3, status
     assert status["quorum"]["can_lose"] == 1
-    # What node1 and node2 held came along: node1's pool tank and node2's pool vmtank are listed everywhere.
+    # What node1 and node2 held came along (in a whole run: node1's pool tank, node2's vmtank and
+    # the md-backed ones): node3's console lists them on their nodes.
     pools = {p["name"]: p["node"] for p in consoles[2].call("GET", "/pools").json()["pools"]}
-    assert pools.get("tank") and pools.get("vmtank"), pools
+    assert pools == brought, (pools, brought)
+    print(f"pools brought by the joining nodes: {sorted(brought) or 'none (this module ran alone)'}")
     # A job for node3, started from node2's console, runs on node3.
-    reply = consoles[1].call("POST", f"/nodes/{node3.name}/diagnostics", json={"samples": 3})
+    reply = consoles[1].call("POST", f"/nodes/{cairn_name(node3)}/diagnostics", json={"samples": 3})
     assert reply.status_code == 202, reply.text
     assert consoles[1].job(reply.json()["id"])["state"] == "success"
 
@@ -150,11 +160,13 @@ def test_a_node_powered_off_is_shown_down_everywhere_and_comes_back_by_itself(cl
     testbed, passwords = cluster
     node1, node2, node3 = testbed.nodes
     consoles = [Console(node, passwords[2]) for node in (node1, node2)]
+    name = cairn_name(node3)
+
     def shown(online: bool, timeout: float, what: str) -> float:
         started = time.monotonic()
         for console in consoles:
             wait_until(lambda: {n["name"]: n["online"] for n in console.call("GET", "/nodes").json()["nodes"]}
-                       .get(node3.name) is online, timeout, f"{console.node.name} shows {node3.name} {what}", interval=1)
+                       .get(name) is online, timeout, f"{console.node.name} shows {node3.name} {what}", interval=1)
         return time.monotonic() - started
 
     node3.power_cut()
