@@ -416,10 +416,14 @@ def machine_id(path: str = "/etc/machine-id") -> str:
     return text if NODE_ID.fullmatch(text) else "0" * 32
 
 
+def store_tls(cfg: Config) -> ClientTls | None:
+    """Mutual TLS towards the store when the node is in a cluster, else None."""
+    return ClientTls(cfg.cluster.ca, cfg.cluster.cert, cfg.cluster.key) if cfg.cluster.tls else None
+
+
 def open_store(cfg: Config) -> Store:
     """The cluster store as this node's configuration says (mutual TLS when it is in a cluster)."""
-    tls = ClientTls(cfg.cluster.ca, cfg.cluster.cert, cfg.cluster.key) if cfg.cluster.tls else None
-    return Store(cfg.etcd_endpoints, cfg.store_root, tls=tls)
+    return Store(cfg.etcd_endpoints, cfg.store_root, tls=store_tls(cfg))
 
 
 def as_dict(config: Config) -> dict[str, Any]:

@@ -3,17 +3,18 @@
 One testbed of three appliances is shared by the e2e modules (`shared_testbed`), because booting
 is most of what an appliance test costs under TCG: each module booting its own came to 8 boots
 (13 with the reboots the tests do), now 3 (8 with the reboots). node1 and node2 boot together when
-the first module asks; node3 only when the cluster module does, so it doesn't idle on the 2 cores
-while the single-node modules run. The modules take nodes that don't get in each other's way, in an order
+the first module asks; node3 only when test_testbed does, so it doesn't idle on the 2 cores while
+the single-node modules run. The modules take nodes that don't get in each other's way, in an order
 where each finds what it expects:
 
     node1  test_appliance (first: its four data disks still free), then the shares server
     node2  test_storage_appliance (md RAID on the small disks), the shares client, then the VMs
            node (its CAIRN-VD1 is still free: storage used the small disks, shares only mounted)
-    all    test_cluster_appliance: node3 creates a cluster, node1 and node2 join it with what the
-           modules before left on them (their names differ: pool tank on node1, vmtank on node2)
-    all    test_testbed last: it cuts links, pulls the plug and a disk, resets a node (the
-           cluster of three keeps its quorum through each)
+    all    test_testbed: it cuts links, pulls the plug and a disk, resets a node
+    all    test_cluster_appliance last (it makes the three one cluster): node3 creates it, node1
+           and node2 join with what the modules before left on them (pool tank on node1, vmtank on
+           node2; both have a file user alice with id 10000: node2's join is refused listing
+           them, and goes through once node2's alice is deleted)
 
 Each module still asserts everything it did on an appliance of its own; what it leaves on a node
 (pools, arrays, users, a reboot) is nothing a later module on that node looks at. `launcher`
@@ -53,10 +54,10 @@ SHARED_DISKS = [DataDisk("virtio", "CAIRN-VD1"), DataDisk("virtio", "CAIRN-VD2")
                 DataDisk("sata", "CAIRN-SATA1", model="CAIRN SATA DISK")] + \
                [DataDisk("virtio", serial, size_mib=128) for serial in SMALL_DISKS]
 SHARED_NODES = 3
-FIRST_BOOT = (0, 1)     # node1 and node2 at once; node3 only for the cluster module (no idle appliance meanwhile)
+FIRST_BOOT = (0, 1)     # node1 and node2 at once; node3 only for test_testbed (no idle appliance meanwhile)
 # Modules in this order (the rest of the suite runs first): see the module docstring.
 MODULE_ORDER = ["test_appliance.py", "test_storage_appliance.py", "test_shares_appliance.py",
-                "test_vms_appliance.py", "test_cluster_appliance.py", "test_testbed.py"]
+                "test_vms_appliance.py", "test_testbed.py", "test_cluster_appliance.py"]
 
 
 @dataclass
@@ -136,14 +137,15 @@ def boot(base: Path, name: str, data_disks: list | None = None) -> Appliance:
 
 def pytest_collection_modifyitems(session, config, items):
     """The e2e modules after the rest of the suite, in MODULE_ORDER (a module not listed there
-    before test_testbed, whose faults come last of all); each module's tests keep their order."""
+    before test_testbed, whose faults come last but for the cluster module); each module's tests
+    keep their order."""
     here = Path(__file__).parent
 
     def rank(item) -> tuple[int, int]:
         if item.path.parent != here:
             return (0, 0)
-        if item.path.name == MODULE_ORDER[-1]:
-            return (2, 0)
+        if item.path.name in MODULE_ORDER[-2:]:
+            return (2, MODULE_ORDER.index(item.path.name))
         return (1, MODULE_ORDER.index(item.path.name) if item.path.name in MODULE_ORDER else len(MODULE_ORDER))
     items.sort(key=rank)     # stable
 

@@ -2,7 +2,8 @@
 
 node3 creates the cluster on its cluster NIC (a static address written through systemd-networkd,
 etcd moved to mutual TLS there); node1 and node2 join with tokens from node3's console, bringing
-what earlier modules left on them (pools, shares, users, a VM). Then every console lists and
+what earlier modules left on them (pools, shares, users, a VM); node2's first try is refused for a
+file user both have. Then every console lists and
 manages every node; a job for node3 is started from node2's console; etcd answers nothing without
 a cluster certificate, and nothing at all on the LAN; node3 powered off is shown down everywhere
 while the others keep serving, and comes back by itself.
@@ -107,7 +108,10 @@ def test_three_appliances_form_a_cluster_and_every_console_manages_every_node(cl
         interface, address = cluster_nic(node)
         joining = Console(node, password)
         brought |= {p["name"]: p["node"] for p in joining.call("GET", "/pools").json()["pools"]}
-        reply = joining.call("POST", "/cluster/join", json={"token": token, "interface": interface, "address": address})
+        join = {"token": token, "interface": interface, "address": address}
+        if node is node2:
+            refuse_a_clash_then_rename(third, joining, join)
+        reply = joining.call("POST", "/cluster/join", json=join)
         assert reply.status_code == 202, reply.text
         started = time.monotonic()
         # Once joined, the node's console answers with the cluster's accounts (node3's admin).
@@ -136,6 +140,25 @@ def test_three_appliances_form_a_cluster_and_every_console_manages_every_node(cl
     reply = consoles[1].call("POST", f"/nodes/{cairn_name(node3)}/diagnostics", json={"samples": 3})
     assert reply.status_code == 202, reply.text
     assert consoles[1].job(reply.json()["id"])["state"] == "success"
+
+
+def refuse_a_clash_then_rename(cluster: Console, joining: Console, join: dict) -> None:
+    """node2 has a file user alice with id 10000, as the cluster has (node1's from the shares
+    module; made here when this module runs alone): the join is refused, listing both, and nothing
+    changes; with node2's alice deleted, the same token joins."""
+    if cluster.call("GET", "/file-users/alice").status_code == 404:
+        assert cluster.call("POST", "/file-users", json={"name": "alice", "uid": 10000,
+                                                         "password": "Secret-123"}).status_code == 201
+    if joining.call("GET", "/file-users/alice").status_code == 404:
+        assert joining.call("POST", "/file-users", json={"name": "alice", "uid": 10000,
+                                                         "password": "Secret-123"}).status_code == 201
+    reply = joining.call("POST", "/cluster/join", json=join)
+    assert reply.status_code == 202, reply.text
+    refused = joining.job(reply.json()["id"])
+    assert refused["state"] == "failed", refused
+    assert "file user alice" in refused["error"] and "file user id 10000" in refused["error"], refused["error"]
+    assert joining.call("GET", "/cluster").json()["cluster"] is None          # still standalone
+    assert joining.call("DELETE", "/file-users/alice").status_code == 200
 
 
 def test_etcd_answers_only_cluster_certificates_and_nothing_on_the_lan(cluster):

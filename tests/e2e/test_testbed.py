@@ -55,7 +55,7 @@ def test_private_segments_have_no_route_out(testbed):
 
 def test_every_appliance_has_its_own_identity(testbed):
     identities = [(n.succeed("cat /etc/machine-id"), n.succeed("cat /etc/ssh/ssh_host_ed25519_key.pub"),
-                   # the console's own certificate (the CA is the cluster's, shared, once they formed one)
+                   # the console's own certificate (the CA becomes the cluster's, shared, in a cluster)
                    n.succeed("cat /var/lib/cairn/tls/server.pem"), n.succeed("cat /var/lib/cairn/admin-password"))
                   for n in testbed.nodes]
     for field in range(4):

@@ -21,7 +21,9 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import secrets
+import time
 from typing import Any
 
 import gevent
@@ -74,7 +76,8 @@ def create_app(cfg: Config, store: Store | None = None) -> APIFlask:
     )
     store = store or config_mod.open_store(cfg)
     app.extensions["cairn"] = {"cfg": cfg, "store": store, "auth": Auth(store, verify=off_the_loop(check_password)),
-                               "jobs": JobService(store), "hub": streams.EventHub(store)}
+                               "jobs": JobService(store), "hub": streams.EventHub(store),
+                               "config_stamp": _config_stamp(cfg.path), "config_checked": time.monotonic()}
     registry.load_all()
     _load_secret_key(app)
 
@@ -93,7 +96,8 @@ def create_app(cfg: Config, store: Store | None = None) -> APIFlask:
     app.register_blueprint(console_shares.bp)
     app.register_blueprint(console_vms.bp)
     app.register_blueprint(console_images.bp)
-    app.before_request(_gate)               # first: nothing may read the body before it
+    app.before_request(_follow_config)      # before the gate, which reads the store
+    app.before_request(_gate)               # first to read the request: nothing may read the body before it
     app.before_request(_check_body)
     _install_error_handlers(app)
 
@@ -104,6 +108,39 @@ def create_app(cfg: Config, store: Store | None = None) -> APIFlask:
                 "node_name": cfg.node_name, "version": __version__}
 
     return app
+
+
+CONFIG_CHECK_SECONDS = 1.0
+
+
+def _config_stamp(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns if path else None
+    except OSError:
+        return None
+
+
+def _follow_config() -> None:
+    """When a cluster job rewrote this node's settings (its store moved to the cluster address and
+    mutual TLS, or into the cluster's store on a join), this worker follows before its next
+    request, at most a second late: the reload the job sends replaces the worker, but until then
+    it still answers (keep-alive connections), and must not answer from the old store."""
+    svc = services()
+    now = time.monotonic()
+    if now - svc["config_checked"] < CONFIG_CHECK_SECONDS or not svc["cfg"].path:
+        return
+    svc["config_checked"] = now
+    stamp = _config_stamp(svc["cfg"].path)
+    if stamp is None or stamp == svc["config_stamp"]:
+        return
+    svc["config_stamp"] = stamp
+    new = config_mod.load(svc["cfg"].path)
+    old = svc["cfg"]
+    svc["cfg"] = new
+    if (new.etcd_endpoints, config_mod.store_tls(new)) != (old.etcd_endpoints, config_mod.store_tls(old)):
+        log.info("settings changed: the cluster store is now at %s", ", ".join(new.etcd_endpoints))
+        svc["store"].reconfigure(new.etcd_endpoints, config_mod.store_tls(new))
+        _load_secret_key(current_app)        # a joined node's sessions are the cluster's
 
 
 def _load_secret_key(app: APIFlask) -> None:
