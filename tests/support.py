@@ -20,7 +20,7 @@ from urllib3.util.retry import Retry
 
 from cairn import config as config_mod
 from cairn.cluster.store import Store
-from cairn.devstack import EtcdCluster, EtcdService, free_port, share_sandbox, start_agent, start_web, wait_http, write_config
+from cairn.devstack import EtcdCluster, EtcdService, cluster_settings, free_port, share_sandbox, start_agent, start_web, wait_http, write_config
 from cairn.runner import Daemon, Runner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,45 +130,20 @@ class Stack:
         self.etcd.stop()
 
 
-def SANDBOXED_CLUSTER_JOBS(base: Path) -> dict:
-    """A stack's cluster settings that keep a cluster job (the API fuzzer may start one) off this
-    machine: no networkd unit, etcd's environment file in the stack's directory, and no launcher
-    to restart (so such a job fails, putting everything back)."""
-    return {"manage_network": False, "etcd_env": str(base / "etcd.env"), "etcd_control": "pidfile",
-            "etcd_pidfile": str(base / "no-etcd-launcher.pid"), "etcd_tls_dir": str(base / "etcd-tls"),
-            "etcd_data_dir": str(base / "etcd-data")}
-
-
 def start_stack(base: Path, node: str = "node-a", storage: config_mod.StorageConfig | None = None,
                 tls: bool = False) -> Stack:
-    """A node on its own etcd; with tls, an etcd that speaks mutual TLS only (as in a cluster)."""
+    """A node on its own etcd; with tls, an etcd that speaks mutual TLS only (as in a cluster).
+    A cluster job (the API fuzzer may start one) stays in `base` and fails: devstack.cluster_settings."""
     etcd = EtcdCluster.create(base / "etcd", 1, tls=tls).start()
     member_tls = etcd.members[0].tls
-    cluster = config_mod.ClusterConfig(str(member_tls.ca), str(member_tls.cert), str(member_tls.key)) \
-        if member_tls else config_mod.ClusterConfig()
-    port = free_port()
-    cfg = config_mod.Config(node_name=node, etcd_endpoints=tuple(etcd.endpoints), state_dir=base,
-                            web=config_mod.WebConfig(bind=f"127.0.0.1:{port}", workers=2),
-                            storage=storage or config_mod.StorageConfig(),
-                            shares=share_sandbox(base / "shares"),
-                            compute=config_mod.ComputeConfig(accel="tcg", log_dir=str(base / "vm-logs")),
-                            cluster=replace(cluster, **SANDBOXED_CLUSTER_JOBS(base)))
-    config_path = write_config(base / "cairn.toml", cfg)
-    agent = start_agent(config_path, base / "agent.log")
-    web = start_web(config_path, base / "web.log")
-    url = f"https://127.0.0.1:{port}"
-    stack = Stack(base, etcd, config_path, cfg, agent, web, url, str(base / "tls" / "ca.pem"))
-    try:
-        wait_http(url + "/api/v1/health", timeout=60, daemon=web)
-        deadline = time.monotonic() + 30
-        while not stack.session().get(url + "/api/v1/nodes").json()["nodes"]:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the agent did not report its node")
-            time.sleep(0.2)
-    except BaseException:
-        stack.stop()     # a stack that never came up must not outlive the test run
-        raise
-    return stack
+    cluster = cluster_settings(base)
+    if member_tls:
+        cluster = replace(cluster, ca=str(member_tls.ca), cert=str(member_tls.cert), key=str(member_tls.key))
+    return _run_node(base, etcd, config_mod.Config(
+        node_name=node, etcd_endpoints=tuple(etcd.endpoints), state_dir=base,
+        web=config_mod.WebConfig(bind=f"127.0.0.1:{free_port()}", workers=2),
+        storage=storage or config_mod.StorageConfig(), shares=share_sandbox(base / "shares"),
+        compute=config_mod.ComputeConfig(accel="tcg", log_dir=str(base / "vm-logs")), cluster=cluster))
 
 
 def start_node(base: Path, host: str, node: str) -> Stack:
@@ -176,26 +151,28 @@ def start_node(base: Path, host: str, node: str) -> Stack:
     its own) under the devstack launcher, so a cluster job can rewrite etcd's environment and restart
     it; the console on host:<free port>; its own machine-id."""
     etcd = EtcdService(base / "etcd", host, node).start()
-    port = free_port(host)
-    cfg = config_mod.Config(
+    return _run_node(base, etcd, config_mod.Config(
         node_name=node, node_id=secrets.token_hex(16), etcd_endpoints=(etcd.standalone_url,), state_dir=base,
-        web=config_mod.WebConfig(bind=f"{host}:{port}", workers=1),
+        web=config_mod.WebConfig(bind=f"{host}:{free_port(host)}", workers=1),
         shares=share_sandbox(base / "shares"),
         compute=config_mod.ComputeConfig(accel="tcg", log_dir=str(base / "vm-logs")),
-        cluster=config_mod.ClusterConfig(manage_network=False, etcd_env=str(etcd.override),
-                                         etcd_control="pidfile", etcd_pidfile=str(etcd.pidfile),
-                                         etcd_tls_dir=str(etcd.dir / "tls"), etcd_data_dir=str(etcd.data_dir)))
+        cluster=cluster_settings(base, etcd)))
+
+
+def _run_node(base: Path, etcd: EtcdCluster | EtcdService, cfg: config_mod.Config) -> Stack:
+    """cairn-agent and cairn-web of a node with this configuration, up once the console answers and
+    the agent has reported the node (all of it stopped again if it does not come up)."""
     config_path = write_config(base / "cairn.toml", cfg)
     agent = start_agent(config_path, base / "agent.log")
     web = start_web(config_path, base / "web.log")
-    url = f"https://{host}:{port}"
+    url = f"https://{cfg.web.bind}"
     stack = Stack(base, etcd, config_path, cfg, agent, web, url, str(base / "tls" / "ca.pem"))
     try:
         wait_http(url + "/api/v1/health", timeout=60, daemon=web)
         wait_until(lambda: stack.session().get(url + "/api/v1/nodes").json()["nodes"], 30,
                    "the agent reports its node")
     except BaseException:
-        stack.stop()
+        stack.stop()     # a stack that never came up must not outlive the test run
         raise
     return stack
 

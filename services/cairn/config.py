@@ -47,6 +47,7 @@
                                                 # new member in <etcd_data_dir>-cluster
     etcd_control = "systemd"                    # how etcd is restarted: systemd, or "pidfile": a
     etcd_pidfile = ""                           # launcher whose pid is there restarts it on SIGHUP
+    standalone_endpoint = "http://127.0.0.1:2379"   # where its own etcd answers once it leaves
 
 Written by the image (or the dev stack, with `dump`: tomli-w quotes and escapes every value);
 read by cairn-agent and cairn-web at start. `parse` checks every setting's type and range (a
@@ -134,6 +135,7 @@ class ClusterConfig:
     etcd_data_dir: str = "/var/lib/etcd"
     etcd_control: str = "systemd"
     etcd_pidfile: str = ""
+    standalone_endpoint: str = "http://127.0.0.1:2379"
 
     @property
     def tls(self) -> bool:
@@ -324,7 +326,7 @@ TABLES: dict[str, tuple[type, dict[str, Any]]] = {
                                 "address": _address, "interface": _text, "manage_network": _bool,
                                 "etcd_env": _path, "etcd_control": _one_of("systemd", "pidfile"),
                                 "etcd_tls_dir": _path, "etcd_user": _text, "etcd_data_dir": _path,
-                                "etcd_pidfile": _optional_path}),
+                                "etcd_pidfile": _optional_path, "standalone_endpoint": _non_empty_text}),
 }
 
 

@@ -26,7 +26,7 @@ from cairn import config as config_mod
 from cairn.cluster import etcd_settings, pki
 from cairn.cluster.store import ClientTls
 from cairn.runner import Daemon, Runner
-from cairn.system.files import write_private
+from cairn.system.files import parse_assignments, write_private
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -215,16 +215,6 @@ class EtcdCluster:
                 member.daemon.stop()
 
 
-def read_environment(text: str) -> dict[str, str]:
-    """NAME=value lines of an environment file, as systemd's EnvironmentFile= reads them (pure)."""
-    values = {}
-    for line in text.splitlines():
-        name, sep, value = line.strip().partition("=")
-        if sep and name and not name.startswith("#"):
-            values[name] = value
-    return values
-
-
 def etcd_service(argv: list[str]) -> int:
     """etcd run the way the appliance's unit runs it, for dev and test stacks: its settings come
     from environment files only (later files override earlier ones; a missing file is skipped, like
@@ -245,7 +235,7 @@ def etcd_service(argv: list[str]) -> int:
         while not wanted["stop"].is_set():
             env: dict[str, str] = {}
             for path in args.env:
-                env.update(read_environment(Path(path).read_text()) if Path(path).exists() else {})
+                env.update(parse_assignments(Path(path).read_text()) if Path(path).exists() else {})
             wanted["restart"].clear()
             etcd = runner.spawn(["etcd"], log_path=args.log, env=env)
             while etcd.alive() and not wanted["restart"].is_set() and not wanted["stop"].is_set():
@@ -321,6 +311,19 @@ class EtcdService:
     def stop(self) -> None:
         if self.daemon:
             self.daemon.stop(timeout=30)
+
+
+def cluster_settings(base: Path, etcd: EtcdService | None = None) -> config_mod.ClusterConfig:
+    """A dev or test node's [cluster] settings: a cluster job writes nothing outside `base` (no
+    networkd unit, etcd's environment and TLS files there) and restarts etcd through its launcher;
+    without one (etcd run by EtcdCluster) the restart fails and the job puts everything back."""
+    return config_mod.ClusterConfig(
+        manage_network=False, etcd_control="pidfile",
+        etcd_env=str(etcd.override if etcd else base / "etcd.env"),
+        etcd_pidfile=str(etcd.pidfile if etcd else base / "no-etcd-launcher.pid"),
+        etcd_tls_dir=str((etcd.dir if etcd else base) / "etcd-tls"),
+        etcd_data_dir=str(etcd.data_dir if etcd else base / "etcd-data"),
+        **({"standalone_endpoint": etcd.standalone_url} if etcd else {}))
 
 
 def write_config(path: Path, cfg: config_mod.Config) -> Path:
@@ -414,14 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     etcd = EtcdCluster.create(state, 1, client_ports=[_stable_port(state / "etcd-port")],
                               peer_ports=[_stable_port(state / "etcd-peer-port")])
     node = socket.gethostname()
-    # Cluster jobs stay in the state directory: no networkd unit, no systemctl (etcd here is not
-    # under the launcher, so a cluster create fails and puts everything back).
-    cluster = config_mod.ClusterConfig(manage_network=False, etcd_env=str(state / "etcd.env"),
-                                       etcd_control="pidfile", etcd_pidfile=str(state / "no-etcd-launcher.pid"),
-                                       etcd_tls_dir=str(state / "etcd-tls"), etcd_data_dir=str(state / "etcd-data"))
     cfg = config_mod.Config(node_name=node, etcd_endpoints=tuple(etcd.endpoints), state_dir=state,
                             web=config_mod.WebConfig(bind=f"127.0.0.1:{args.port}", workers=2),
-                            shares=share_sandbox(state / "shares"), cluster=cluster)
+                            shares=share_sandbox(state / "shares"), cluster=cluster_settings(state))
     config_path = write_config(state / "cairn.toml", cfg)
     daemons: list[Daemon] = []
     stop = threading.Event()

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from cairn import config as config_mod
-from cairn.cluster import pki, tokens
+from cairn.cluster import events, nodes, pki, tokens
 from cairn.runner import Runner
 from support import finish_job, start_node, wait_until
 
@@ -239,6 +239,11 @@ def test_a_node_joins_with_its_records_and_both_consoles_manage_both_nodes(node,
     diagnostics = finish_job(cluster, node, "post", "/nodes/node2/diagnostics", json={"samples": 2})
     assert diagnostics["state"] == "success" and diagnostics["node"] == "node2"
     assert refused(f"http://{NET}.2:2379/version") == "ConnectionError"
+    # node2's agent started itself again after the join without the cluster seeing it gone: it
+    # left its lease to run out while the new process bound node-alive/node2 again.
+    time.sleep(nodes.NODE_LEASE_TTL)
+    said = [e["message"] for e in events.recent(node.store(), limit=100)]
+    assert "node node2 stopped answering (its lease expired)" not in said, said
     again = second.post(node2.url + "/api/v1/cluster/join", json={"token": token, "address": f"{NET}.2/24"})
     assert again.status_code == 409 and "already in cluster office" in again.json()["error"]["message"]
 
@@ -282,6 +287,107 @@ def test_a_join_that_fails_after_the_cluster_admitted_the_node_is_undone(node, n
     assert again["state"] == "success"
 
 
+# --- removing and leaving ------------------------------------------------------------------------
+def pool_record(name: str, node_name: str) -> dict:
+    """A pool record of a node (the host test has no disks for a real pool: the record is what a
+    removal keeps and a leaving node takes along; the storage tests make real ones)."""
+    return {"name": name, "node": node_name, "data_profile": "single", "metadata_profile": "dup",
+            "compression": "zstd", "disks": [f"DISK-{name}"], "array": None, "uuid": None, "state": "online",
+            "scrub_schedule": None, "balance_schedule": None, "created_at": time.time()}
+
+
+def test_leave_and_remove_refuse_what_cannot_be_done_naming_why(node, node2, node4):
+    reply = node4.session().post(node4.url + "/api/v1/cluster/leave")
+    assert reply.status_code == 409 and "not in a cluster" in reply.json()["error"]["message"]
+    cluster = verified(node, cluster_ca(node))
+    me = finish_job(cluster, node, "delete", "/cluster/nodes/node1")
+    assert me["state"] == "failed" and "you are connected to node1" in me["error"], me
+    up = finish_job(cluster, node, "delete", "/cluster/nodes/node2")
+    assert up["state"] == "failed" and "node2 is up" in up["error"], up
+    unknown = finish_job(cluster, node, "delete", "/cluster/nodes/nobody")
+    assert unknown["state"] == "failed" and "no node nobody in cluster office" in unknown["error"], unknown
+    assert len(cluster.get(node.url + "/api/v1/cluster").json()["members"]) == 3
+
+
+def test_a_dead_node_is_removed_its_member_goes_and_its_records_are_kept_marked(node, node3):
+    cluster = verified(node, cluster_ca(node))
+    store = node.store()
+    store.put("pools/p3", pool_record("p3", "node3"))
+    node3.stop()                                                     # gone for good
+    wait_until(lambda: not {n["name"]: n["online"] for n in cluster.get(node.url + "/api/v1/nodes").json()["nodes"]}
+               ["node3"], 60, "node1's console to show node3 down")
+    job = finish_job(cluster, node, "delete", "/cluster/nodes/node3", timeout=180)
+    assert job["state"] == "success", job
+    assert job["result"]["held"] == ["pool p3"]
+    status = cluster.get(node.url + "/api/v1/cluster").json()
+    assert len(status["members"]) == 2 and status["quorum"]["voters"] == 2
+    marked = {n["name"]: n for n in status["cluster"]["nodes"]}["node3"]
+    assert marked["state"] == "removed" and marked["removed_by"] == "node1"
+    # Never silently deleted: its records stay, and it is still listed (down).
+    assert store.get("pools/p3") is not None
+    assert {n["name"]: n["online"] for n in cluster.get(node.url + "/api/v1/nodes").json()["nodes"]}["node3"] is False
+    said = [e["message"] for e in events.recent(store, limit=50)]
+    assert any(m.startswith("node3 was removed from cluster office by node1") and "pool p3" in m for m in said), said
+    again = finish_job(cluster, node, "delete", "/cluster/nodes/node3")
+    assert again["state"] == "failed" and "no node node3" in again["error"]
+
+
+def test_a_node_leaves_with_its_records_and_works_alone_again(node, node2):
+    cluster = verified(node, cluster_ca(node))
+    store = node.store()
+    store.put("pools/p2", pool_record("p2", "node2"))
+    store.put("pools/p1", pool_record("p1", "node1"))
+    second = verified(node2, cluster_ca(node), CLUSTER_PASSWORD[0])
+    started = time.monotonic()
+    reply = second.post(node2.url + "/api/v1/cluster/leave")
+    assert reply.status_code == 202, reply.text
+    job = wait_until(lambda: _ended(node2, reply.json()["id"], CLUSTER_PASSWORD[0]), 180, "cluster.leave to end")
+    assert job["state"] == "success", job          # (the cluster's copy of the record says so first)
+    assert "pool p2" in job["result"]["held"]
+
+    # node2: standalone, its own etcd in plain HTTP on loopback, a console certificate of its own,
+    # its records (and copies of the cluster's file users); the cluster's admin logs in as before.
+    def standalone_console():
+        if config_mod.load(str(node2.config_path)).cluster.tls:
+            return None
+        session = _try(verified, node2, node2.ca, CLUSTER_PASSWORD[0])
+        reply = session and _try(lambda: session.get(f"{node2.url}/api/v1/jobs/{job['id']}"))
+        return session if reply is not None and reply.status_code == 200 and reply.json()["state"] == "success" \
+            and session.get(node2.url + "/api/v1/cluster").json()["cluster"] is None else None
+    alone = wait_until(standalone_console, 60, "node2's console, standalone, to show the leave ended")
+    print(f"cluster.leave: node2 standalone, its console answering, {time.monotonic() - started:.1f} s after the request")
+    assert config_mod.load(str(node2.config_path)).etcd_endpoints == (f"http://{NET}.2:2379",)
+    assert requests.get(f"http://{NET}.2:2379/version", timeout=3).ok
+    own_ca = open(node2.ca, "rb").read()
+    assert pki.fingerprint(own_ca) != pki.fingerprint(open(cluster_ca(node), "rb").read())
+    assert pki.issued_by(ssl.get_server_certificate((f"{NET}.2", int(node2.url.rsplit(":", 1)[1]))).encode(), own_ca)
+    assert not (node2.dir / "cluster" / "node.key").exists()
+    mine = node2.store()
+    assert mine.get("pools/p2")["node"] == "node2" and mine.get("pools/p1") is None
+    assert {"alice", "bob"} <= {e.key.removeprefix("share-users/") for e in mine.list("share-users/", keys_only=True)}
+    assert [n["name"] for n in alone.get(node2.url + "/api/v1/nodes").json()["nodes"]] == ["node2"]
+    diagnostics = finish_job(alone, node2, "post", "/nodes/node2/diagnostics", json={"samples": 2})
+    assert diagnostics["state"] == "success", diagnostics
+
+    # The cluster: without node2's member, node records and pool; the accounts stay; it said so,
+    # and never that node2 stopped answering.
+    status = cluster.get(node.url + "/api/v1/cluster").json()
+    assert [m["name"] for m in status["members"]] == [node.cfg.node_id]
+    assert "node2" not in [n["name"] for n in status["cluster"]["nodes"]]
+    assert store.get("pools/p2") is None and store.get("pools/p1") is not None
+    assert store.get("share-users/bob") is not None
+    assert cluster.get(f"{node.url}/api/v1/jobs/{job['id']}").json()["state"] == "success"
+    time.sleep(nodes.NODE_LEASE_TTL)
+    said = [e["message"] for e in events.recent(store, limit=100)]
+    assert any(m.startswith("node2 left cluster office, taking") for m in said), said
+    assert "node node2 stopped answering (its lease expired)" not in said, said
+    assert "node2" not in [n["name"] for n in cluster.get(node.url + "/api/v1/nodes").json()["nodes"]]
+
+    # The last node cannot leave: there is no cluster to leave.
+    last = finish_job(cluster, node, "post", "/cluster/leave")
+    assert last["state"] == "failed" and "node1 is the only node of cluster office" in last["error"], last
+
+
 def ctl(stack, *args):
     """cairnctl as a user runs it, logged in to the node (its state in the node's directory)."""
     env = {"XDG_CONFIG_HOME": str(stack.dir / "cli")}
@@ -296,16 +402,16 @@ CLUSTER_PASSWORD: list[str] = []    # node1's admin password: a joined node's us
 SESSIONS: dict = {}
 
 
-def _ended(stack, job_id: str):
+def _ended(stack, job_id: str, password: str | None = None):
     """The job once it has ended, asked through the node's console as it is now (its certificate and
-    users change when it creates or joins a cluster); None meanwhile."""
+    users change when it creates, joins or leaves a cluster); None meanwhile."""
     session = SESSIONS.get(stack.url)
     reply = _try(lambda: session.get(f"{stack.url}/api/v1/jobs/{job_id}")) if session else None
     if reply is None or reply.status_code == 401:
         # Log in again as the admin the node has now: the cluster's once its settings say it is in
         # one (node1's), else its own. Never a wrong password: the login limit counts them.
         clustered = config_mod.load(str(stack.config_path)).cluster.tls
-        password = CLUSTER_PASSWORD[0] if clustered and CLUSTER_PASSWORD else stack.password
+        password = password or (CLUSTER_PASSWORD[0] if clustered and CLUSTER_PASSWORD else stack.password)
         SESSIONS[stack.url] = _try(verified, stack, stack.ca, password)
         return None
     if reply.status_code != 200:

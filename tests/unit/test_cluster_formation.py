@@ -7,7 +7,7 @@ import pytest
 
 from cairn import config as config_mod
 from cairn.cluster import formation, merge, tokens
-from cairn.devstack import read_environment
+from cairn.system.files import parse_assignments
 from cairn.errors import ValidationError
 
 TOKEN = tokens.new_token("0123456789abcdef", "10.77.1.11:443", "sha256:" + "a" * 64).text()
@@ -70,11 +70,53 @@ def test_claims_of_unique_values_clash_as_names_do():
                "pool-status/tank2", "jobs/1", "nodes/n2"]
     cluster = ["share-users/alice", "share-ids/uid/10000", "vm-macs/52:54:00:00:00:01", "iscsi-iqns/iqn.x:b"]
     assert merge.clashes(joining, cluster) == ["VM MAC address 52:54:00:00:00:01", "file user id 10000"]
-    assert merge.brought(joining) == ["iscsi-iqns/iqn.x:a", "pool-status/tank2", "share-ids/uid/10000",
+    assert sorted(k for k in joining if k.startswith(merge.MOVING)) == ["iscsi-iqns/iqn.x:a", "pool-status/tank2", "share-ids/uid/10000",
                                       "share-users/bob", "vm-macs/52:54:00:00:00:01"]
 
 
 def test_etcd_environment_files_are_read_as_systemd_reads_them():
-    text = "# comment\nETCD_NAME=a\n\nETCD_INITIAL_CLUSTER=a=https://10.0.0.1:2380,b=https://10.0.0.2:2380\nnot a line\n"
-    assert read_environment(text) == {"ETCD_NAME": "a",
-                                      "ETCD_INITIAL_CLUSTER": "a=https://10.0.0.1:2380,b=https://10.0.0.2:2380"}
+    text = ("# comment\nETCD_NAME=a\n\nETCD_INITIAL_CLUSTER=a=https://10.0.0.1:2380,b=https://10.0.0.2:2380\n"
+            'not a line\n  ETCD_LOG_LEVEL = "warn"\n')
+    assert parse_assignments(text) == {"ETCD_NAME": "a", "ETCD_LOG_LEVEL": "warn",
+                                       "ETCD_INITIAL_CLUSTER": "a=https://10.0.0.1:2380,b=https://10.0.0.2:2380"}
+
+
+class ScriptedMembers:
+    """The membership side of a Store, in memory: members, status answers, promotions."""
+
+    def __init__(self, voters: list[str], learners: list[str], down: tuple[str, ...] = ()) -> None:
+        from cairn.cluster.store import Member
+        self.members_ = {name: Member(f"id-{name}", name, [f"https://{name}:2380"], [f"https://{name}:2379"],
+                                      name in learners) for name in voters + learners}
+        self.down = down
+        self.promoted: list[str] = []
+
+    def members(self):
+        return list(self.members_.values())
+
+    def status_at(self, url: str, timeout: float = 1.0):
+        from cairn.errors import Unavailable
+        if url.split("//")[1].split(":")[0] in self.down:
+            raise Unavailable(f"{url} did not answer")
+
+    def member_promote(self, member_id: str, wait: float = 0) -> None:
+        from dataclasses import replace
+        name = member_id.removeprefix("id-")
+        self.members_[name] = replace(self.members_[name], learner=False)
+        self.promoted.append(name)
+
+
+def test_the_fifth_node_joining_promotes_every_learner_the_cluster_wants_not_only_its_own():
+    # n4 joined as the fourth node (3-4 nodes: 3 voters, so it stayed a learner); with n5 the cluster
+    # wants 5 voters: n4 is promoted first (next_step picks by node), then n5.
+    store = ScriptedMembers(["n1", "n2", "n3"], ["n4", "n5"])
+    role = formation.promote_while_wanted(store, "id-n5", nodes=5)
+    assert store.promoted == ["n4", "n5"] and role == "voting member"
+    # The fourth node stays a learner, saying why.
+    store = ScriptedMembers(["n1", "n2", "n3"], ["n4"])
+    assert formation.promote_while_wanted(store, "id-n4", nodes=4).startswith("learner (3 of 4 nodes vote")
+    assert store.promoted == []
+    # A learner that does not answer is not promoted; the others are.
+    store = ScriptedMembers(["n1", "n2", "n3"], ["n4", "n5"], down=("n4",))
+    assert formation.promote_while_wanted(store, "id-n5", nodes=5) == "voting member"
+    assert store.promoted == ["n5"]

@@ -7,6 +7,7 @@ import pytest
 from cairn.errors import ValidationError
 from cairn.storage import disks
 from cairn.system import diagnostics, inventory
+from cairn.system.files import parse_assignments
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -60,7 +61,7 @@ def test_ip_addr_from_captured_output():
 
 
 def test_os_release():
-    assert diagnostics.parse_os_release((FIX / "os-release" / "debian12").read_text())["PRETTY_NAME"] == \
+    assert parse_assignments((FIX / "os-release" / "debian12").read_text())["PRETTY_NAME"] == \
         "Debian GNU/Linux 12 (bookworm)"
 
 

@@ -153,6 +153,21 @@ def cmd_cluster_join(client: Client, args) -> int:
     return 0
 
 
+def cmd_cluster_leave(client: Client, args) -> int:
+    job = client.call("POST", "/cluster/leave")
+    show(job, args.json, lambda j: (
+        f"job {j['id']}: {j['title']} ({j['state']})\n"
+        "When it ends, this node is standalone with its own records, and its console presents a "
+        "certificate from a new CA of its own (cairnctl --insecure ... fetches it again)."))
+    return 0
+
+
+def cmd_cluster_remove(client: Client, args) -> int:
+    job = client.call("DELETE", f"/cluster/nodes/{args.node}")
+    show(job, args.json, lambda j: f"job {j['id']}: {j['title']} ({j['state']})")
+    return 0
+
+
 def cmd_cluster_ca(client: Client, args) -> int:
     ca = client.call("GET", "/cluster/ca")
     if args.pem:
@@ -266,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--address", required=True, help="this node's cluster address with its prefix, e.g. 10.77.1.12/24")
     join.add_argument("--interface", default="", help="this node's NIC for cluster traffic, e.g. enp0s9")
     join.set_defaults(func=cmd_cluster_join)
+    cluster.add_parser("leave", help="take this node (the one you are logged in to) out of its cluster, with "
+                       "its pools, VMs and shares").set_defaults(func=cmd_cluster_leave)
+    remove = cluster.add_parser("remove", help="remove a node that is gone for good (its records are kept)")
+    remove.add_argument("node", help="the node's name or id")
+    remove.set_defaults(func=cmd_cluster_remove)
     ca = cluster.add_parser("ca", help="the cluster CA certificate and its fingerprint")
     ca.add_argument("--pem", action="store_true", help="print only the certificate (PEM)")
     ca.set_defaults(func=cmd_cluster_ca)

@@ -1,4 +1,5 @@
-"""Creating a cluster: the job that turns a standalone appliance into a cluster's first node.
+"""Creating and joining a cluster: the jobs that turn a standalone appliance into a cluster node,
+and the cluster node's side of a join (`Sponsor`).
 
 A standalone node's etcd is one member on 127.0.0.1 in plain HTTP. `cluster.create` (a job on the
 node whose console was asked) does, with progress:
@@ -8,7 +9,7 @@ node whose console was asked) does, with progress:
      network (tests: manage_network = false) only check that the address is this node's;
   2. makes the cluster CA and this node's key and certificate from it (cairn.cluster.pki): the
      certificate names the cluster address, this node's other addresses, its host name, and
-     127.0.0.1/localhost (the node's own services reach its etcd there);
+     127.0.0.1/localhost (the console is reached there too: it presents the same certificate);
   3. moves etcd to the cluster address over mutual TLS: the member's peer address is updated,
      its environment file (/etc/cairn/etcd.env, over the image's loopback-only drop-in) rewritten
      and etcd restarted; this process's store client follows (Store.reconfigure) and the job goes
@@ -23,8 +24,14 @@ node whose console was asked) does, with progress:
      trusts every node) and cairn-web is told to reload (SIGHUP to the pid in <state_dir>/web.pid:
      its new workers read the new settings and certificate).
 
-Keys written here (writer: the node creating the cluster): cluster/info, cluster/ca-key,
-cluster/nodes/<node id>.
+`cluster.join` (on the joining node) checks the cluster's CA against the token's fingerprint,
+asks the sponsor (the node named in the token) to check and then admit it, brings its records
+into the cluster store, starts its etcd as a learner in a fresh data directory, switches its
+services as above, and promotes learners while the cluster wants voters; a failure after the
+sponsor admitted it is undone (`_JoinUndo`).
+
+Keys written here: cluster/info and cluster/ca-key (by the node creating the cluster),
+cluster/nodes/<node id> (the creating node, the sponsor at admission, the joined node at the end).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import re
 import secrets
 import shutil
 import socket
+import tempfile
 import time
 import warnings
 from dataclasses import replace
@@ -55,7 +63,8 @@ from cairn.jobs.registry import job_kind
 from cairn.jobs.service import record_writes
 from cairn.runner import Runner
 from cairn.system.diagnostics import parse_ip_addr
-from cairn.system.files import read_text, write_if_changed, write_private
+from cairn.system.files import parse_assignments, read_text, write_if_changed, write_private
+from cairn.system.tls import console_tls
 
 INFO = "cluster/info"
 CA_KEY = "cluster/ca-key"
@@ -67,25 +76,29 @@ ADDRESS_SECONDS = 20.0          # how long the NIC may take to get the address n
 
 
 # --- checks (pure) -----------------------------------------------------------------------------
+def _check_nic(params: dict[str, Any], problems: dict[str, str]) -> dict[str, str]:
+    """The cluster interface and address of a create or join (the problems go into `problems`)."""
+    interface = params.get("interface", "")
+    if not isinstance(interface, str) or not INTERFACE.fullmatch(interface):
+        problems["interface"] = "a network interface name, like enp0s9"
+    address = params.get("address")
+    try:
+        ipaddress.ip_interface(address)
+    except (ValueError, TypeError):
+        problems["address"] = "this node's cluster address with its prefix length, like 10.77.1.11/24"
+    return {"interface": interface, "address": address}
+
+
 def check_create(params: dict[str, Any]) -> dict[str, Any]:
     problems = {name: "unknown parameter" for name in set(params) - {"name", "interface", "address"}}
     name = params.get("name")
     if not isinstance(name, str) or not 1 <= len(name) <= CLUSTER_NAME_MAX \
             or not all(c.isprintable() for c in name) or name != name.strip():
         problems["name"] = f"the cluster's name: 1-{CLUSTER_NAME_MAX} printable characters"
-    interface = params.get("interface", "")
-    if not isinstance(interface, str) or not INTERFACE.fullmatch(interface):
-        problems["interface"] = "a network interface name, like enp0s9"
-    address = params.get("address")
-    try:
-        ipaddress.ip_interface(address) if isinstance(address, str) else None
-    except ValueError:
-        address = None
-    if not isinstance(address, str):
-        problems["address"] = "this node's cluster address with its prefix length, like 10.77.1.11/24"
+    nic = _check_nic(params, problems)
     if problems:
         raise ValidationError(problems)
-    return {"name": name, "interface": interface, "address": address}
+    return {"name": name, **nic}
 
 
 def node_names(cluster_ip: str, hostname: str, node_name: str, addresses: list[str]) -> list[str]:
@@ -184,32 +197,47 @@ class LocalNode:
                                  f"(systemd-networkd unit {network.UNIT_PATH})")
             time.sleep(0.5)
 
-    def write_node_tls(self, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> dict[str, Path]:
-        files = cluster_files(self.cfg)
-        files["ca"].parent.mkdir(parents=True, exist_ok=True)
-        write_private(files["key"], key_pem)
-        files["cert"].write_bytes(cert_pem)
-        files["ca"].write_bytes(ca_pem)
-        return files
+    def certificate_names(self, ip: str) -> list[str]:
+        return node_names(ip, socket.gethostname(), self.cfg.node_name,
+                          [a for nic in self.interfaces() for a in nic["addresses"]])
 
-    def write_etcd_tls(self, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> dict[str, Path]:
-        """etcd's copy of the node's TLS files: etcd runs as its own user, which cannot read
+    def install_tls(self, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> tuple[ClientTls, dict[str, Path]]:
+        """The node's key and certificates where its services read them (the client side of the
+        store, returned), and etcd's copy (returned): etcd runs as its own user, which cannot read
         /var/lib/cairn; its copy is readable by etcd's group only (where that user exists)."""
+        files = _write_tls(cluster_files(self.cfg), ca_pem, cert_pem, key_pem)
         directory = Path(self.cfg.cluster.etcd_tls_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        files = {"ca": directory / "ca.pem", "cert": directory / "node.pem", "key": directory / "node.key"}
-        write_private(files["key"], key_pem)
-        files["cert"].write_bytes(cert_pem)
-        files["ca"].write_bytes(ca_pem)
+        etcd_files = _write_tls({"ca": directory / "ca.pem", "cert": directory / "node.pem",
+                                 "key": directory / "node.key"}, ca_pem, cert_pem, key_pem)
         try:
             group = pwd.getpwnam(self.cfg.cluster.etcd_user).pw_gid
         except KeyError:
-            return files
-        for path in (directory, *files.values()):
-            os.chown(path, 0, group)
-        os.chmod(directory, 0o750)
-        os.chmod(files["key"], 0o640)
-        return files
+            group = None
+        if group is not None:
+            for path in (directory, *etcd_files.values()):
+                os.chown(path, 0, group)
+            os.chmod(directory, 0o750)
+            os.chmod(etcd_files["key"], 0o640)
+        return ClientTls(str(files["ca"]), str(files["cert"]), str(files["key"])), etcd_files
+
+    def switch_services(self, clustered: config_mod.Config, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> None:
+        """cairn.toml as a cluster node's; the console presents the node certificate (clients such
+        as cairnctl trust the cluster CA), and cairn-web reloads with both."""
+        self.write_config(clustered)
+        tls = self.cfg.state_dir / "tls"
+        _write_tls({"ca": tls / "ca.pem", "cert": tls / "server.pem", "key": tls / "server.key"},
+                   ca_pem, cert_pem, key_pem)
+        (tls / "ca.key").unlink(missing_ok=True)       # the standalone CA signs nothing any more
+        self.reload_web()
+
+    def switch_to_standalone(self, standalone: config_mod.Config) -> None:
+        """cairn.toml as a standalone node's; the console gets a certificate from a new CA of its own
+        (the cluster's CA signs nothing here any more), and cairn-web reloads with both."""
+        self.write_config(standalone)
+        for name in ("ca.pem", "ca.key", "server.pem", "server.key"):
+            (self.cfg.state_dir / "tls" / name).unlink(missing_ok=True)
+        console_tls(self.cfg.state_dir, self.cfg.node_name, self.cfg.web.bind)
+        self.reload_web()
 
     def new_etcd_data_dir(self, path: str) -> None:
         """An empty directory for a joining member's data, owned by etcd's user where there is one."""
@@ -225,17 +253,12 @@ class LocalNode:
             return
         os.chown(path, owner.pw_uid, owner.pw_gid)
 
-    def use_for_console(self, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> None:
-        """The console presents the node certificate; clients (cairnctl) trust the cluster CA."""
-        tls = self.cfg.state_dir / "tls"
-        tls.mkdir(parents=True, exist_ok=True)
-        write_private(tls / "server.key", key_pem)
-        (tls / "server.pem").write_bytes(cert_pem)
-        (tls / "ca.pem").write_bytes(ca_pem)
-        (tls / "ca.key").unlink(missing_ok=True)       # the standalone CA signs nothing any more
-
     def etcd_environment(self) -> str | None:
         return read_text(self.cfg.cluster.etcd_env)
+
+    def data_dir_in_use(self) -> str:
+        """The data directory etcd runs from now (its environment file's, else the default)."""
+        return parse_assignments(self.etcd_environment() or "").get("ETCD_DATA_DIR", self.cfg.cluster.etcd_data_dir)
 
     def restart_etcd(self, environment: str | None) -> None:
         """Write etcd's environment file (None: remove it) and restart etcd with it."""
@@ -270,16 +293,30 @@ class LocalNode:
         return text
 
 
-def wait_for_store(store: Store, seconds: float = STORE_BACK_SECONDS) -> None:
+def _write_tls(files: dict[str, Path], ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> dict[str, Path]:
+    """A CA, a certificate and its key (mode 0600) into the paths given."""
+    files["key"].parent.mkdir(parents=True, exist_ok=True)
+    write_private(files["key"], key_pem)
+    files["cert"].write_bytes(cert_pem)
+    files["ca"].write_bytes(ca_pem)
+    return files
+
+
+def _until_answered(ask, seconds: float = STORE_BACK_SECONDS) -> None:
+    """Call ask() until it does not raise Unavailable (the last Unavailable after `seconds`)."""
     deadline = time.monotonic() + seconds
     while True:
         try:
-            store.revision()
+            ask()
             return
         except Unavailable:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def wait_for_store(store: Store, seconds: float = STORE_BACK_SECONDS) -> None:
+    _until_answered(store.revision, seconds)
 
 
 def cluster_info(store: Store) -> dict[str, Any] | None:
@@ -294,7 +331,7 @@ def cluster_summary(store: Store) -> dict[str, Any] | None:
     nodes = {e.key.removeprefix(NODES): e.value for e in store.list(NODES)}
     return {"id": info["id"], "name": info["name"], "created_at": info["created_at"],
             "ca_fingerprint": pki.fingerprint(info["ca_cert"].encode()),
-            "nodes": [{"id": node_id, **value} for node_id, value in sorted(nodes.items())]}
+            "nodes": [{"id": node_id, "state": "member", **value} for node_id, value in sorted(nodes.items())]}
 
 
 # --- what the API and the console start ---------------------------------------------------------
@@ -305,14 +342,18 @@ def refuse_if_clustered(store: Store, cfg: config_mod.Config) -> None:
                        + ": it cannot create or join another")
 
 
-def start_create(store: Store, cfg: config_mod.Config, jobs, params: dict[str, Any]):
+def start(store: Store, cfg: config_mod.Config, jobs, kind: str, params: dict[str, Any]):
+    """The cluster.create or cluster.join job on this node (409 at once when it is in a cluster)."""
     refuse_if_clustered(store, cfg)
-    return jobs.submit("cluster.create", cfg.node_name, params)
+    return jobs.submit(kind, cfg.node_name, params)
 
 
-def start_join(store: Store, cfg: config_mod.Config, jobs, params: dict[str, Any]):
+def _standalone_with_identity(store: Store, cfg: config_mod.Config) -> None:
+    """What a create or join needs of the node when its job starts."""
     refuse_if_clustered(store, cfg)
-    return jobs.submit("cluster.join", cfg.node_name, params)
+    if cfg.node_id == "0" * 32:
+        raise CairnError("this node has no machine-id (/etc/machine-id), its identity in the cluster; "
+                         "set node_id in its cairn.toml")
 
 
 def issue_token(store: Store, cfg: config_mod.Config, ttl: int) -> dict[str, Any]:
@@ -334,21 +375,19 @@ def live_tokens(store: Store, now: float | None = None) -> list[dict[str, Any]]:
 
 
 # --- the job -------------------------------------------------------------------------------------
+def cluster_lock(node: str, params: dict[str, Any]) -> list[str]:
+    """Every cluster job (create, join, leave, remove) holds the lock "cluster": one at a time."""
+    return ["cluster"]
+
+
 @job_kind("cluster.create", title="Create cluster {name}", check_params=check_create,
-          locks=lambda node, params: ["cluster"])
+          locks=cluster_lock)
 def create_cluster(ctx, params: dict[str, Any]) -> dict[str, Any]:
     cfg: config_mod.Config = ctx.config
     store: Store = ctx.store
     local = LocalNode(ctx.runner, cfg)
     ctx.progress(5, "checking the cluster address")
-    if cfg.cluster.tls:
-        raise Conflict("this node is already in a cluster")
-    if cfg.node_id == "0" * 32:
-        raise CairnError("this node has no machine-id (/etc/machine-id), its identity in the cluster; "
-                         "set node_id in its cairn.toml")
-    existing = cluster_info(store)
-    if existing is not None:
-        raise Conflict(f"this node is already in cluster {existing['name']}")
+    _standalone_with_identity(store, cfg)
     members = store.members()
     if len(members) != 1:
         raise Conflict(f"this node's store has {len(members)} members; a new cluster starts from a "
@@ -362,19 +401,16 @@ def create_cluster(ctx, params: dict[str, Any]) -> dict[str, Any]:
     now = datetime.datetime.now(datetime.timezone.utc)
     ca = pki.make_ca(params["name"], now)
     key = pki.new_key()
-    names = node_names(ip, socket.gethostname(), cfg.node_name,
-                       [a for i in local.interfaces() for a in i["addresses"]])
-    cert = pki.sign_node(ca, pki.make_csr(key, cfg.node_id, names), now)
-    files = local.write_node_tls(ca.cert_pem, cert, key)
-    etcd_files = local.write_etcd_tls(ca.cert_pem, cert, key)
-    tls = ClientTls(str(files["ca"]), str(files["cert"]), str(files["key"]))
+    cert = pki.sign_node(ca, pki.make_csr(key, cfg.node_id, local.certificate_names(ip)), now)
+    tls, etcd_files = local.install_tls(ca.cert_pem, cert, key)
 
     ctx.progress(45, "moving the cluster store to the cluster address, over mutual TLS")
     member = members[0]
     old_environment = local.etcd_environment()
     old_endpoints, old_tls = list(store.endpoints), store.tls
     environment = etcd_settings.member_environment(cfg.node_id, ip, str(etcd_files["ca"]),
-                                                   str(etcd_files["cert"]), str(etcd_files["key"]))
+                                                   str(etcd_files["cert"]), str(etcd_files["key"])) \
+        + f"ETCD_DATA_DIR={local.data_dir_in_use()}\n"      # the member keeps its data
     store.member_update(member.member_id, [peer_url(ip)])
     try:
         local.restart_etcd(environment)
@@ -396,9 +432,7 @@ def create_cluster(ctx, params: dict[str, Any]) -> dict[str, Any]:
                                     "joined_at": stamp})
 
     ctx.progress(85, "switching this node's services to the cluster")
-    local.write_config(clustered_config(cfg, ip, params["interface"], [client_url(ip)]))
-    local.use_for_console(ca.cert_pem, cert, key)
-    local.reload_web()
+    local.switch_services(clustered_config(cfg, ip, params["interface"], [client_url(ip)]), ca.cert_pem, cert, key)
     events.emit(store, severity="info", node=cfg.node_name, source="cluster",
                 message=f"cluster {params['name']} created on {cfg.node_name} ({ip})")
     ctx.progress(100, "done")
@@ -538,22 +572,23 @@ def check_join(params: dict[str, Any]) -> dict[str, Any]:
         tokens.parse(params.get("token"))
     except ValidationError as exc:
         problems.update(exc.fields)
-    try:
-        checked = check_create({"name": "x", "interface": params.get("interface", ""),
-                                "address": params.get("address")})
-    except ValidationError as exc:
-        problems.update(exc.fields)
-        checked = {}
+    nic = _check_nic(params, problems)
     if problems:
         raise ValidationError(problems)
-    return {"token": params["token"].strip(), "interface": checked["interface"], "address": checked["address"]}
+    return {"token": params["token"].strip(), **nic}
 
 
 class SponsorClient:
-    """Requests from the joining node to the cluster node its token names."""
+    """Requests from the joining node to the cluster node its token names: first its CA, checked
+    against the token's fingerprint, then requests verified with that CA (kept in a temporary file
+    until the node installs it: a refused join leaves nothing behind)."""
 
     def __init__(self, address: str) -> None:
         self.base = f"https://{address}/api/v1"
+        self._ca_file = tempfile.NamedTemporaryFile(prefix="cairn-cluster-ca-", suffix=".pem")
+
+    def close(self) -> None:
+        self._ca_file.close()
 
     def ca(self, fingerprint: str) -> bytes:
         """The cluster CA, when its fingerprint is the token's (before that, nothing is trusted)."""
@@ -572,11 +607,14 @@ class SponsorClient:
                 f"the cluster CA at {self.base.split('/')[2]} is not the one the token names (fingerprint "
                 f"{pki.fingerprint(ca_pem)}, token {fingerprint}): another cluster, or someone in between; "
                 "nothing was changed")
+        self._ca_file.write(ca_pem)
+        self._ca_file.flush()
         return ca_pem
 
-    def request(self, ca_file: str, body: dict[str, Any]) -> dict[str, Any]:
+    def request(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            reply = requests.post(self.base + "/cluster/join-requests", json=body, verify=ca_file, timeout=90)
+            reply = requests.post(self.base + "/cluster/join-requests", json=body, verify=self._ca_file.name,
+                                  timeout=90)
         except requests.RequestException as exc:
             raise Unavailable(f"the cluster node {self.base.split('/')[2]} did not answer: {exc}") from None
         if reply.status_code >= 400:
@@ -591,10 +629,7 @@ class SponsorClient:
 
 def local_records(store: Store) -> list[str]:
     """Keys of the records this node brings into a cluster (its desired and observed state)."""
-    keys: list[str] = []
-    for prefix in (*merge.CLUSTER_WIDE, *merge.UNDER_A_POOL, *merge.CLAIMS, *merge.OBSERVED):
-        keys += [e.key for e in store.list(prefix, keys_only=True)]
-    return merge.brought(keys)
+    return sorted(e.key for prefix in merge.MOVING for e in store.list(prefix, keys_only=True))
 
 
 IMPORT_CHUNK = 1000
@@ -614,29 +649,30 @@ def import_records(source: Store, target: Store, keys: list[str], extra: list[Pu
     return written
 
 
-@job_kind("cluster.join", title="Join a cluster", check_params=check_join, locks=lambda node, params: ["cluster"])
+@job_kind("cluster.join", title="Join a cluster", check_params=check_join, locks=cluster_lock)
 def join_cluster(ctx, params: dict[str, Any]) -> dict[str, Any]:
+    token = tokens.parse(params["token"])
+    sponsor = SponsorClient(token.address)
+    try:
+        return _join(ctx, params, token, sponsor)
+    finally:
+        sponsor.close()
+
+
+def _join(ctx, params: dict[str, Any], token: tokens.JoinToken, sponsor: SponsorClient) -> dict[str, Any]:
     cfg: config_mod.Config = ctx.config
     store: Store = ctx.store
     local = LocalNode(ctx.runner, cfg)
-    token = tokens.parse(params["token"])
     ctx.progress(5, "checking this node and its cluster address")
-    if cfg.cluster.tls or cluster_info(store) is not None:
-        raise Conflict("this node is already in a cluster: it cannot join another")
-    if cfg.node_id == "0" * 32:
-        raise CairnError("this node has no machine-id (/etc/machine-id), its identity in the cluster")
+    _standalone_with_identity(store, cfg)
     ip = local.check_address(params["interface"], params["address"], {})
 
     ctx.progress(10, f"checking the cluster at {token.address}")
-    sponsor = SponsorClient(token.address)
     ca_pem = sponsor.ca(token.ca_fingerprint)
-    files = cluster_files(cfg)
-    files["ca"].parent.mkdir(parents=True, exist_ok=True)
-    files["ca"].write_bytes(ca_pem)
     keys = local_records(store)
     request = {"token": params["token"], "node_id": cfg.node_id, "name": cfg.node_name, "address": ip,
                "interface": params["interface"], "keys": keys}
-    checked = sponsor.request(str(files["ca"]), {**request, "check_only": True})
+    checked = sponsor.request({**request, "check_only": True})
     ctx.log(f"cluster {checked['name']} accepts this node ({len(keys)} records come along)")
 
     ctx.progress(20, f"giving {params['interface'] or 'the node'} the cluster address {params['address']}")
@@ -644,13 +680,9 @@ def join_cluster(ctx, params: dict[str, Any]) -> dict[str, Any]:
 
     ctx.progress(30, "asking for this node's certificate and etcd membership")
     key = pki.new_key()
-    names = node_names(ip, socket.gethostname(), cfg.node_name,
-                       [a for i in local.interfaces() for a in i["addresses"]])
-    admitted = sponsor.request(str(files["ca"]), {**request, "csr": pki.make_csr(key, cfg.node_id, names).decode()})
+    admitted = sponsor.request({**request, "csr": pki.make_csr(key, cfg.node_id, local.certificate_names(ip)).decode()})
     cert = admitted["cert"].encode()
-    files = local.write_node_tls(ca_pem, cert, key)
-    etcd_files = local.write_etcd_tls(ca_pem, cert, key)
-    tls = ClientTls(str(files["ca"]), str(files["cert"]), str(files["key"]))
+    tls, etcd_files = local.install_tls(ca_pem, cert, key)
     cluster = Store(admitted["endpoints"], store.root, tls=tls)
     undo = _JoinUndo(ctx, local, store, cluster, admitted["member_id"], cfg)
     try:
@@ -669,13 +701,12 @@ def join_cluster(ctx, params: dict[str, Any]) -> dict[str, Any]:
             admitted["initial_cluster"]) + f"ETCD_DATA_DIR={data_dir}\n"
         local.restart_etcd(environment)
         endpoints = admitted["endpoints"] + [client_url(ip)]
-        undo.old_endpoints, undo.old_tls = list(store.endpoints), store.tls
         ctx.move_store(endpoints, tls)
         undo.moved = True
         running = f"job-running/{ctx.node}/{ctx.job.id}"
         store.put(running, {"since": ctx.job.started_at})
         undo.imported.append(running)
-        _wait_member_up(cluster, client_url(ip))
+        _until_answered(lambda: cluster.status_at(client_url(ip), timeout=2.0))
         ctx.log(f"this node's etcd member answers at {client_url(ip)}")
     except BaseException as exc:
         undo.run()
@@ -684,15 +715,13 @@ def join_cluster(ctx, params: dict[str, Any]) -> dict[str, Any]:
         raise
 
     ctx.progress(75, "switching this node's services to the cluster")
-    local.write_config(clustered_config(cfg, ip, params["interface"], endpoints))
-    local.use_for_console(ca_pem, cert, key)
-    local.reload_web()
+    local.switch_services(clustered_config(cfg, ip, params["interface"], endpoints), ca_pem, cert, key)
     store.put(NODES + cfg.node_id, {"name": cfg.node_name, "address": ip, "interface": params["interface"],
                                     "joined_at": time.time(), "state": "member",
                                     "member_id": admitted["member_id"]})
 
     ctx.progress(85, "giving the cluster the voting members it needs")
-    role = promote_if_wanted(store, admitted["member_id"], len(store.list(NODES, keys_only=True)))
+    role = promote_while_wanted(store, admitted["member_id"], len(store.list(NODES, keys_only=True)))
     ctx.log(role)
     events.emit(store, severity="info", node=cfg.node_name, source="cluster",
                 message=f"{cfg.node_name} ({ip}) joined cluster {admitted['name']}")
@@ -702,21 +731,9 @@ def join_cluster(ctx, params: dict[str, Any]) -> dict[str, Any]:
             "member_id": admitted["member_id"], "role": role, "records": len(keys)}
 
 
-def _wait_member_up(store: Store, url: str, seconds: float = STORE_BACK_SECONDS) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            store.status_at(url, timeout=2.0)
-            return
-        except Unavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
-def promote_if_wanted(store: Store, member_id: str, nodes: int) -> str:
-    """Promote this node's learner when the cluster wants another voter (membership.next_step),
-    once it has caught up. Returns the member's role in words."""
+def member_states(store: Store) -> list[membership.MemberState]:
+    """The store's members as the membership decisions see them (healthy: its first client URL
+    answered a status request just now)."""
     states = []
     for member in store.members():
         healthy = True
@@ -726,15 +743,26 @@ def promote_if_wanted(store: Store, member_id: str, nodes: int) -> str:
             except Unavailable:
                 healthy = False
         states.append(membership.MemberState(member.member_id, member.name, not member.learner, healthy))
-    step = membership.next_step(states, nodes)
-    if step.action != "promote" or step.member_id != member_id:
-        voter = any(s.member_id == member_id and s.voter for s in states)
-        return "voting member" if voter else f"learner ({membership.role_reason(nodes)})"
-    try:
-        store.member_promote(member_id, wait=120.0)
-    except CairnError as exc:
-        return f"learner for now: promoting it failed ({exc.message})"
-    return f"voting member ({step.why})"
+    return states
+
+
+PROMOTION_WAIT = 120.0      # seconds a learner may take to catch up before it is promoted
+
+
+def promote_while_wanted(store: Store, member_id: str, nodes: int, wait: float = PROMOTION_WAIT) -> str:
+    """Take the steps membership.next_step names, one at a time, while the cluster wants voters:
+    whichever learner it picks (the joining node's own, or one that joined earlier and was not
+    promoted then). Returns the joining member's role in words."""
+    for _ in range(membership.voters_wanted(nodes)):
+        step = membership.next_step(member_states(store), nodes)
+        if step.action != "promote":
+            break
+        try:
+            store.member_promote(step.member_id, wait=wait)
+        except CairnError as exc:
+            return f"learner for now: promoting member {step.member_id} failed ({exc.message})"
+    voter = any(s.member_id == member_id and s.voter for s in member_states(store))
+    return "voting member" if voter else f"learner ({membership.role_reason(nodes)})"
 
 
 class _JoinUndo:
@@ -744,7 +772,7 @@ class _JoinUndo:
 
     def __init__(self, ctx, local: LocalNode, store: Store, cluster: Store, member_id: str,
                  cfg: config_mod.Config) -> None:
-        self.ctx, self.local, self.store, self.cluster, self.member_id, self.cfg = ctx, local, store, cluster, member_id, cfg
+        self.ctx, self.local, self.cluster, self.member_id, self.cfg = ctx, local, cluster, member_id, cfg
         self.imported: list[str] = []
         self.etcd_restarted = False
         self.moved = False

@@ -42,11 +42,11 @@ class JobContext:
                  after_job: Callable[[Job], None] | None = None, fence: Compare | None = None,
                  node_hooks=None) -> None:
         self.service = service
-        self.node_hooks = node_hooks    # the agent's NodeHooks (cluster jobs), None in bare tests
+        self.node_hooks = node_hooks    # the agent: move_store(), restart() (cluster jobs); None in bare tests
         self.restart_after = False      # the job asks its agent to start again once it has ended
-        self.fence = fence            # the node lease the job runs under (None in bare tests)
-        self.config = config
-        self.after_job = after_job    # runs before the end is recorded (e.g. republish the disk inventory)          # the node's cairn.config.Config (None in bare tests)
+        self.fence = fence              # the node lease the job runs under (None in bare tests)
+        self.config = config            # the node's cairn.config.Config (None in bare tests)
+        self.after_job = after_job      # runs before the end is recorded (e.g. republish the disk inventory)
         self.store = service.store
         self.runner = runner
         self.clock = clock

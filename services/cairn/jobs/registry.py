@@ -15,7 +15,8 @@ from cairn.errors import ValidationError
 Handler = Callable[[Any, dict[str, Any]], dict[str, Any]]   # (JobContext, params) -> result
 
 # Modules that define job kinds; importing them registers the kinds.
-KIND_MODULES = ("cairn.system.diagnostics", "cairn.storage.jobs", "cairn.compute.jobs", "cairn.cluster.formation")
+KIND_MODULES = ("cairn.system.diagnostics", "cairn.storage.jobs", "cairn.compute.jobs", "cairn.cluster.formation",
+                "cairn.cluster.departure")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 from cairn.errors import CommandFailed, ValidationError
 from cairn.jobs.registry import job_kind
 from cairn.storage import disks
+from cairn.system.files import parse_assignments
 
 MAX_SAMPLES = 100_000
 
@@ -31,14 +32,6 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- parsers (pure) --------------------------------------------------------------------------
-def parse_os_release(text: str) -> dict[str, str]:
-    values = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key.strip() and not key.startswith("#"):
-            values[key.strip()] = value.strip().strip('"')
-    return values
-
 
 def parse_df(text: str) -> list[dict[str, Any]]:
     """`df -P -B1` rows: filesystem, size, used, available (bytes), mountpoint."""
@@ -78,7 +71,7 @@ def run_diagnostics(ctx, params: dict[str, Any]) -> dict[str, Any]:
     uname = ctx.runner.run(["uname", "-srvm"], timeout=10).stdout.strip()
     try:
         with open("/etc/os-release") as fh:
-            os_name = parse_os_release(fh.read()).get("PRETTY_NAME", "unknown")
+            os_name = parse_assignments(fh.read()).get("PRETTY_NAME", "unknown")
     except OSError:
         os_name = "unknown"
     result["kernel"] = uname

@@ -37,3 +37,14 @@ def read_text(path: str | Path) -> str | None:
         return Path(path).read_text()
     except FileNotFoundError:
         return None
+
+
+def parse_assignments(text: str) -> dict[str, str]:
+    """NAME=value lines, as /etc/os-release and systemd's EnvironmentFile= hold them: blank lines and
+    # comments skipped, white space around each part and double quotes around a value dropped (pure)."""
+    values = {}
+    for line in text.splitlines():
+        name, sep, value = line.strip().partition("=")
+        if sep and name.strip() and not name.startswith("#"):
+            values[name.strip()] = value.strip().strip('"')
+    return values

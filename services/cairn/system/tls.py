@@ -8,6 +8,7 @@ extra names given. Existing files are never replaced (first start only).
 from __future__ import annotations
 
 import datetime
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,13 @@ class TlsFiles:
     ca: Path
     cert: Path
     key: Path
+
+
+def console_tls(state_dir: Path, node_name: str, bind: str) -> TlsFiles:
+    """The console's files (made on first start): named for the host, the node and the bound
+    address (unless it binds every address)."""
+    host = bind.rpartition(":")[0].strip("[]")
+    return ensure_tls(state_dir, socket.gethostname(), [node_name] + ([host] if host not in ("0.0.0.0", "::") else []))
 
 
 def ensure_tls(state_dir: Path, hostname: str, extra_names: list[str] = ()) -> TlsFiles:

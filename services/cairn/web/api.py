@@ -9,7 +9,7 @@ from apiflask import APIBlueprint
 from flask import Response, request, session
 
 from cairn import __version__
-from cairn.cluster import events, formation, history, nodes, pki, tokens
+from cairn.cluster import departure, events, formation, history, nodes, pki, tokens
 from cairn.cluster.health import cluster_health
 from cairn.errors import NotFound, Unavailable, ValidationError
 from cairn.jobs.model import summary
@@ -74,7 +74,7 @@ def cluster():
                    409: "This node is already in a cluster"})
 def create_cluster(body: dict[str, Any]):
     svc = services()
-    return formation.start_create(svc["store"], svc["cfg"], svc["jobs"], body).to_dict()
+    return formation.start(svc["store"], svc["cfg"], svc["jobs"], "cluster.create", body).to_dict()
 
 
 @bp.get("/cluster/ca")
@@ -100,7 +100,30 @@ def cluster_ca():
                    409: "This node is already in a cluster"})
 def join_cluster(body: dict[str, Any]):
     svc = services()
-    return formation.start_join(svc["store"], svc["cfg"], svc["jobs"], body).to_dict()
+    return formation.start(svc["store"], svc["cfg"], svc["jobs"], "cluster.join", body).to_dict()
+
+
+@bp.post("/cluster/leave")
+@bp.output(schemas.JobOut, status_code=202)
+@bp.doc(summary="Take this node out of its cluster (a job: it takes its pools, VMs, shares and other records "
+                "along and becomes standalone; refused, naming the reason, for the last node, while quorum "
+                "would be lost, while jobs run on it or while other nodes use what it holds)",
+        security=["token", "session"],
+        responses={202: "The job was started", 409: "This node is not in a cluster"})
+def leave_cluster():
+    svc = services()
+    return departure.start_leave(svc["store"], svc["cfg"], svc["jobs"]).to_dict()
+
+
+@bp.delete("/cluster/nodes/<node>")
+@bp.output(schemas.JobOut, status_code=202)
+@bp.doc(summary="Remove a node that is gone for good (a job: its etcd member is removed, the node marked "
+                "removed; its records are kept and shown with it). A node that is up leaves instead",
+        security=["token", "session"],
+        responses={202: "The job was started", 409: "This node is not in a cluster"})
+def remove_cluster_node(node: str):
+    svc = services()
+    return departure.start_remove(svc["store"], svc["cfg"], svc["jobs"], node).to_dict()
 
 
 @bp.post("/cluster/join-requests")

@@ -9,7 +9,7 @@ import time
 from apiflask import APIBlueprint
 from flask import redirect, render_template, request, url_for
 
-from cairn.cluster import formation, nodes, tokens
+from cairn.cluster import departure, formation, nodes, tokens
 from cairn.cluster.health import cluster_health
 from cairn.errors import ValidationError
 from cairn.web.app import services
@@ -31,21 +31,36 @@ def cluster():
     return _page()
 
 
-def _start(start, fields: tuple[str, ...]):
+def _start(kind: str, fields: tuple[str, ...]):
     """Start the create or join job with the form's fields; the job page follows it."""
     svc = services()
-    job = start(svc["store"], svc["cfg"], svc["jobs"], {name: request.form.get(name, "").strip() for name in fields})
+    job = formation.start(svc["store"], svc["cfg"], svc["jobs"], kind,
+                          {name: request.form.get(name, "").strip() for name in fields})
     return redirect(url_for("console.job_detail", job_id=job.id))
 
 
 @bp.post("/cluster/create")
 def create():
-    return _start(formation.start_create, ("name", "interface", "address"))
+    return _start("cluster.create", ("name", "interface", "address"))
 
 
 @bp.post("/cluster/join")
 def join():
-    return _start(formation.start_join, ("token", "interface", "address"))
+    return _start("cluster.join", ("token", "interface", "address"))
+
+
+@bp.post("/cluster/leave")
+def leave():
+    svc = services()
+    job = departure.start_leave(svc["store"], svc["cfg"], svc["jobs"])
+    return redirect(url_for("console.job_detail", job_id=job.id))
+
+
+@bp.post("/cluster/nodes/<node>/remove")
+def remove(node: str):
+    svc = services()
+    job = departure.start_remove(svc["store"], svc["cfg"], svc["jobs"], node)
+    return redirect(url_for("console.job_detail", job_id=job.id))
 
 
 @bp.post("/cluster/tokens")

@@ -108,6 +108,10 @@ class ClusterNodeOut(Schema):
     address = String(metadata=d("The node's cluster address"))
     interface = String(metadata=d("The NIC that carries it"))
     joined_at = Float(metadata=d("When the node joined (Unix time)"))
+    state = String(metadata=d("member, joining (admitted, not started yet) or removed (gone for good: "
+                              "its records are kept, shown with it)"))
+    removed_at = Float(allow_none=True, metadata=d("When it was removed (Unix time), for a removed node"))
+    removed_by = String(allow_none=True, metadata=d("The node whose console removed it"))
 
 
 class ClusterInfoOut(Schema):
@@ -132,21 +136,20 @@ class ClusterCaOut(Schema):
     fingerprint = String(metadata=d("Its SHA-256 fingerprint, as join tokens carry it"))
 
 
-class ClusterCreateIn(Schema):
-    name = String(required=True, validate=Length(1, 40), metadata=d("The cluster's name, e.g. office"))
+class ClusterNicIn(Schema):
     interface = String(load_default="", validate=Length(0, 15),
-                       metadata=d("The NIC for cluster traffic (etcd, migration, storage), e.g. enp0s9"))
+                       metadata=d("This node's NIC for cluster traffic (etcd, migration, storage), e.g. enp0s9"))
     address = String(required=True, validate=Length(3, 64),
                      metadata=d("This node's static cluster address with its prefix, e.g. 10.77.1.11/24"))
 
 
-class ClusterJoinIn(Schema):
+class ClusterCreateIn(ClusterNicIn):
+    name = String(required=True, validate=Length(1, 40), metadata=d("The cluster's name, e.g. office"))
+
+
+class ClusterJoinIn(ClusterNicIn):
     token = String(required=True, validate=Length(1, 1024),
                    metadata=d("The join token shown on a cluster node's console"))
-    interface = String(load_default="", validate=Length(0, 15),
-                       metadata=d("This node's NIC for cluster traffic, e.g. enp0s9"))
-    address = String(required=True, validate=Length(3, 64),
-                     metadata=d("This node's static cluster address with its prefix, e.g. 10.77.1.12/24"))
 
 
 class JoinRequestIn(Schema):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import socket
 import time
 
 import gevent
@@ -35,7 +34,7 @@ from gunicorn.glogging import Logger as GunicornLogger
 from cairn import config as config_mod
 from cairn.cluster.store import Store
 from cairn.errors import Unavailable
-from cairn.system.tls import ensure_tls
+from cairn.system.tls import console_tls
 from cairn.web import guards
 from cairn.web.app import create_app, services
 from cairn.web.auth import Auth
@@ -181,9 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     one_line_logs(logging.getLogger())
     cfg = config_mod.load(args.config)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
-    host = cfg.web.bind.rpartition(":")[0].strip("[]")
-    tls = ensure_tls(cfg.state_dir, socket.gethostname(),
-                     [cfg.node_name] + ([host] if host not in ("0.0.0.0", "::") else []))
+    tls = console_tls(cfg.state_dir, cfg.node_name, cfg.web.bind)
     prepare(cfg, config_mod.open_store(cfg))
     _Gunicorn(cfg, options(cfg, str(tls.cert), str(tls.key))).run()
     return 0
