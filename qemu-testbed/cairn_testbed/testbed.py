@@ -243,6 +243,11 @@ class Node:
             raise TestbedError(f"{self.name}: `{command}` succeeded but was expected to fail: {out.strip()}")
         return err
 
+    def reaches(self, address: str, count: int = 1, wait: int = 2) -> bool:
+        """Whether a ping from this node to address is answered."""
+        code, _, _ = self.execute(f"ping -c {count} -W {wait} {address}", timeout=30)
+        return code == 0
+
     def copy_to(self, local: Path, remote: str) -> None:
         argv = self.machine.ssh_argv(self.ssh_port)[:-1]   # all the options, without root@host
         options = argv[1:]

@@ -10,11 +10,11 @@ where each finds what it expects:
     node1  test_appliance (first: its four data disks still free), then the shares server
     node2  test_storage_appliance (md RAID on the small disks), the shares client, then the VMs
            node (its CAIRN-VD1 is still free: storage used the small disks, shares only mounted)
-    all    test_testbed: it cuts links, pulls the plug and a disk, resets a node
+    all    test_testbed: it cuts links, pulls a disk, resets a node
     all    test_cluster_appliance last (it makes the three one cluster): node3 creates it, node1
            and node2 join with what the modules before left on them (pool tank on node1, vmtank on
            node2; both have a file user alice with id 10000: node2's join is refused listing
-           them, and goes through once node2's alice is deleted)
+           them, and goes through once node2's alice is deleted), then pulls node3's plug
 
 Each module still asserts everything it did on an appliance of its own; what it leaves on a node
 (pools, arrays, users, a reboot) is nothing a later module on that node looks at. `launcher`

@@ -5,8 +5,9 @@ etcd moved to mutual TLS there); node1 and node2 join with tokens from node3's c
 what earlier modules left on them (pools, shares, users, a VM); node2's first try is refused for a
 file user both have. Then every console lists and
 manages every node; a job for node3 is started from node2's console; etcd answers nothing without
-a cluster certificate, and nothing at all on the LAN; node3 powered off is shown down everywhere
-while the others keep serving, and comes back by itself.
+a cluster certificate, and nothing at all on the LAN; node3 powered off (the testbed's power cut:
+its QEMU gone at once) is shown down everywhere while the others keep serving, and comes back by
+itself.
 """
 
 from __future__ import annotations
@@ -193,9 +194,17 @@ def test_a_node_powered_off_is_shown_down_everywhere_and_comes_back_by_itself(cl
         return time.monotonic() - started
 
     node3.power_cut()
+    # The testbed pulled the plug: QEMU is gone, node3 answers nothing, the others run on.
+    assert not node3.running()
+    assert not node1.reaches(node3.cluster_ip, count=2)
+    for node in (node1, node2):
+        assert node.running()
+        assert node.succeed("systemctl is-active cairn-agent cairn-web etcd").split() == ["active"] * 3
+    assert node1.reaches(node2.cluster_ip)
     print(f"{node3.name} shown down in both other consoles {shown(False, 120, 'down'):.0f} s after the power cut")
     assert consoles[0].call("GET", "/cluster").json()["quorum"]["has_quorum"]
     assert consoles[1].call("GET", "/pools").status_code == 200
     node3.start()
     node3.wait_for_console()
+    assert node1.reaches(node3.cluster_ip)
     print(f"{node3.name} online again in both consoles {shown(True, 300, 'back'):.0f} s after its console answered")

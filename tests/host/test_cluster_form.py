@@ -6,7 +6,9 @@ cluster CA, and the node keeps working, across restarts; join tokens are issued 
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import socket
 import ssl
 import sys
@@ -285,6 +287,41 @@ def test_a_join_that_fails_after_the_cluster_admitted_the_node_is_undone(node, n
     assert own.get(node4.url + "/api/v1/file-users/dave").status_code == 200
     again = finish_job(own, node4, "post", "/nodes/node4/diagnostics", json={"samples": 2})
     assert again["state"] == "success"
+
+
+# --- quorum lost and regained -----------------------------------------------------------------
+def etcd_pids(stack) -> list[int]:
+    """The node's etcd process (the child of its launcher)."""
+    out = Runner().run(["pgrep", "-P", str(stack.etcd.daemon.pid), "-x", "etcd"], check=False).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def test_a_node_cut_off_from_the_quorum_says_so_and_refuses_changes_until_it_is_back(node, node2, node3):
+    """node2's and node3's etcd members frozen (as if cut off by the network): node1's console answers
+    503 saying it is cut off and refuses a change; they answer again and so does node1."""
+    cluster = verified(node, cluster_ca(node))
+    frozen = etcd_pids(node2) + etcd_pids(node3)
+    assert len(frozen) == 2
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        def refused_read():
+            reply = _try(lambda: cluster.get(node.url + "/api/v1/pools", timeout=30))
+            return [reply] if reply is not None and reply.status_code == 503 else None     # (a 503 is falsy)
+        reply, = wait_until(refused_read, 60, "node1's console to answer 503")
+        assert "cut off from the other nodes" in reply.json()["error"]["message"], reply.text
+        change = cluster.post(node.url + "/api/v1/file-users", json={"name": "carol", "password": "Secret-123"},
+                              timeout=60)
+        assert change.status_code == 503 and "refuses changes" in change.json()["error"]["message"]
+        health = cluster.get(node.url + "/api/v1/health", timeout=30)
+        assert health.status_code == 503 and health.json()["store"] == "unreachable"
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: (r := _try(lambda: cluster.get(node.url + "/api/v1/pools", timeout=30))) is not None
+               and r.status_code == 200, 60, "node1's console to answer again")
+    assert cluster.get(node.url + "/api/v1/file-users/carol").status_code == 404       # nothing was written
+    assert cluster.get(node.url + "/api/v1/cluster").json()["quorum"]["has_quorum"]
 
 
 # --- removing and leaving ------------------------------------------------------------------------

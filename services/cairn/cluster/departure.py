@@ -43,9 +43,9 @@ from cairn import config as config_mod
 from cairn.cluster import events, membership, merge
 from cairn.cluster.formation import (IMPORT_CHUNK, NODES, LocalNode, _until_answered, cluster_files,
                                      cluster_info, cluster_lock, member_states, peer_url,
-                                     promote_while_wanted)
+                                     promote_while_wanted, wait_for_store)
 from cairn.cluster.store import Delete, Put, Store
-from cairn.errors import CairnError, Conflict, NotFound, PreconditionFailed, ValidationError
+from cairn.errors import CairnError, Conflict, NotFound, PreconditionFailed, Unavailable, ValidationError
 from cairn.jobs import model
 from cairn.jobs.registry import job_kind
 from cairn.jobs.service import LOCKS, QUEUE, RUNNING, record_writes
@@ -88,6 +88,19 @@ def start_remove(store: Store, cfg: config_mod.Config, jobs, node: str):
     if cluster_info(store) is None:
         raise Conflict("this node is not in a cluster")
     return jobs.submit("cluster.remove", cfg.node_name, {"target": node})
+
+
+def remove_member(store: Store, member_id: str) -> None:
+    """Remove an etcd member and wait until the store answers again (when the member led the
+    cluster, the others elect a leader first). An answer lost in that election is checked against
+    the membership: gone is done."""
+    try:
+        store.member_remove(member_id)
+    except Unavailable:
+        wait_for_store(store)
+        if any(m.member_id == member_id for m in store.members()):
+            raise
+    wait_for_store(store)
 
 
 def check_no_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +167,7 @@ def leave_cluster(ctx, params: dict[str, Any]) -> dict[str, Any]:
               for url in m.client_urls]
     try:
         ctx.move_store(others, tls)
-        store.member_remove(mine.member_id)
+        remove_member(store, mine.member_id)
     except CairnError as exc:
         ctx.move_store(old_endpoints, tls)
         saved.unlink(missing_ok=True)
@@ -258,7 +271,7 @@ def remove_node(ctx, params: dict[str, Any]) -> dict[str, Any]:
         membership.check_keeps_quorum(states, removing=member.member_id)
         ctx.progress(30, f"removing {target['name']}'s etcd member {member.member_id}")
         try:
-            store.member_remove(member.member_id)
+            remove_member(store, member.member_id)
         except CairnError as exc:
             raise PreconditionFailed(f"the cluster did not remove {target['name']}'s member: {exc.message}; "
                                      "nothing was changed") from None

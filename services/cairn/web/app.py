@@ -10,7 +10,8 @@ syntax) before any view parses them.
 Errors: CairnError subclasses become JSON {"error": {...}} with the status from cairn.errors;
 anything unexpected becomes a 500 with no stack trace. The web process never dies because etcd is
 down: store calls raise Unavailable → 503, which says only "cluster store unreachable" (the
-endpoints and the reason go to the log). Request paths in log lines are escaped (guards.printable).
+endpoints and the reason go to the log); a cluster node says it is cut off from the cluster's
+quorum and refuses changes until it is back. Request paths in log lines are escaped (guards.printable).
 
 Password checks (argon2, CPU-bound) run on gevent's thread pool under the gevent worker, so a login
 does not stall the other requests of its worker.
@@ -230,13 +231,16 @@ def _wants_json() -> bool:
 
 
 STORE_UNREACHABLE = "cluster store unreachable"
+# What a cluster node says instead: it is cut off (or too many nodes are down) and will not act alone.
+CUT_OFF = ("this node cannot reach a quorum of the cluster's store: it is cut off from the other nodes, or "
+           "too many of them are down. It refuses changes instead of acting alone, until they answer again")
 
 
 def error_response(error: CairnError) -> Response:
     status = http_status(error)
     if isinstance(error, Unavailable):
         # Which endpoints were tried and why they failed is for the log, not for any caller.
-        error = Unavailable(STORE_UNREACHABLE)
+        error = Unavailable(CUT_OFF if services()["cfg"].cluster.tls else STORE_UNREACHABLE)
     elif status >= 500 and g.get("user") is None:
         # Before the gate has let the caller in, a failure's detail is nobody's business but the log's.
         error = CairnError(f"internal error; see the cairn-web log on {services()['cfg'].node_name}")
