@@ -362,7 +362,10 @@ def test_a_dead_node_is_removed_its_member_goes_and_its_records_are_kept_marked(
     assert marked["state"] == "removed" and marked["removed_by"] == "node1"
     # Never silently deleted: its records stay, and it is still listed (down).
     assert store.get("pools/p3") is not None
-    assert {n["name"]: n["online"] for n in cluster.get(node.url + "/api/v1/nodes").json()["nodes"]}["node3"] is False
+    listed = {n["name"]: n for n in cluster.get(node.url + "/api/v1/nodes").json()["nodes"]}["node3"]
+    assert listed["online"] is False and listed["removed"] is True
+    refused_job = cluster.post(node.url + "/api/v1/nodes/node3/diagnostics", json={"samples": 2})
+    assert refused_job.status_code == 409 and "node3 was removed from the cluster" in refused_job.json()["error"]["message"]
     said = [e["message"] for e in events.recent(store, limit=50)]
     assert any(m.startswith("node3 was removed from cluster office by node1") and "pool p3" in m for m in said), said
     again = finish_job(cluster, node, "delete", "/cluster/nodes/node3")

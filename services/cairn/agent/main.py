@@ -1,8 +1,10 @@
 """cairn-agent: the node's hands.
 
 Loops (threads):
-  - heartbeat: keeps the node lease alive (node-alive/<node> is bound to it) and republishes
-    nodes/<node> (inventory) when it changed;
+  - heartbeat: keeps the node lease alive (node-alive/<node> is bound to it), in a thread of its own
+    (a node busy enough to take seconds over a disk scan must not lose its lease over it: its jobs
+    would be stopped, a join half-way among them);
+  - inventory: republishes nodes/<node> when it changed;
   - jobs: watches this node's job queue (job-queue/<node>/) and runs its queued jobs
     (jobs.executor); locks: offers waiting jobs again when a lock is freed;
   - reconcile: runs the reconcile loop every RECONCILE_INTERVAL seconds (pools mounted, shares
@@ -120,14 +122,21 @@ class Agent:
         self.stop.set()
 
     def heartbeat_once(self) -> None:
-        """Keep the node lease alive (that is the heartbeat); republish the inventory only when
-        it changed (nodes.NodePublisher)."""
+        self.keep_lease_once()
+        self.publish_inventory_once()
+
+    def keep_lease_once(self) -> None:
+        """Keep the node lease alive: that is the heartbeat. It has a thread of its own, so nothing
+        slow (a disk scan on a busy node) delays it past the lease's TTL."""
         lease = self.lease()
         if self.store.keepalive(lease) <= 0:
             log.warning("node lease %x expired; taking a new one", lease)
             with self._lease_lock:
                 self._lease = 0
             self.lease()
+
+    def publish_inventory_once(self) -> None:
+        """Republish the inventory, only when it changed (nodes.NodePublisher)."""
         inventory = read_inventory().to_record()
         inventory["disks"] = self._disk_inventory()
         self.publisher.publish(inventory, __version__)
@@ -262,8 +271,10 @@ class Agent:
         for job in self.jobs.fail_orphans(self.node, ORPHAN_REASON):
             log.warning("job %s was running when the agent stopped: marked failed", job.id)
         threads = [
-            threading.Thread(target=self._loop, args=("heartbeat", HEARTBEAT_INTERVAL, self.heartbeat_once),
+            threading.Thread(target=self._loop, args=("heartbeat", HEARTBEAT_INTERVAL, self.keep_lease_once),
                              name="heartbeat", daemon=True),
+            threading.Thread(target=self._loop, args=("inventory", HEARTBEAT_INTERVAL, self.publish_inventory_once),
+                             name="inventory", daemon=True),
             threading.Thread(target=self._job_loop, name="jobs", daemon=True),
             threading.Thread(target=self._lock_loop, name="locks", daemon=True),
             threading.Thread(target=self._loop, args=("reconcile", RECONCILE_INTERVAL, self.reconcile.run_once),

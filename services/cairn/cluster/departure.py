@@ -22,8 +22,9 @@
 `cluster.remove` (a job on the node whose console was asked) takes out a node that is gone for
 good: it refuses the node it runs on (that one leaves), a node that is up (it holds its lease:
 it leaves from its own console) and a removal that would cost quorum; it removes the node's etcd
-member, marks cluster/nodes/<id> "removed" (its pools, VMs and other records are kept as they are
-and shown with it: never silently deleted) and promotes a learner when the cluster wants a voter.
+member, marks cluster/nodes/<id> "removed" and nodes/<name> removed (listed so, and no job is
+queued for it any more; its pools, VMs and other records are kept as they are and shown with it:
+never silently deleted) and promotes a learner when the cluster wants a voter.
 
 Keys written here: cluster/nodes/<id> (marked removed), the records a leaving node takes along
 (deleted from the cluster, written to its own store), jobs/<id> of the leave job.
@@ -280,6 +281,10 @@ def remove_node(ctx, params: dict[str, Any]) -> dict[str, Any]:
     now = time.time()
     store.update(NODES + node_id, lambda v: {**v, "state": "removed", "removed_at": now,
                                              "removed_by": cfg.node_name, "member_id": None})
+    try:            # its inventory record too: listed as removed, and no job is queued for it
+        store.update(f"nodes/{target['name']}", lambda v: {**v, "removed": True})
+    except NotFound:
+        pass
     records = {e.key: e.value for prefix in merge.MOVING for e in store.list(prefix)}
     held = merge.departure(records, target["name"]).held
     events.emit(store, severity="warning", node=cfg.node_name, source="cluster",

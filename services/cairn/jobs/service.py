@@ -115,8 +115,11 @@ class JobService:
     def submit(self, kind_name: str, node: str, params: dict[str, Any]) -> Job:
         kind = registry.get_kind(kind_name)
         params = kind.check_params(params)
-        if self.store.get_entry(f"nodes/{node}") is None:
+        record = self.store.get_entry(f"nodes/{node}")
+        if record is None:
             raise ValidationError({"node": f"no node named {node!r} in this cluster"})
+        if record.value.get("removed"):
+            raise Conflict(f"node {node} was removed from the cluster: it runs no jobs")
         now = self.clock()
         job = Job(id=model.new_job_id(now), kind=kind.name, node=node, params=params,
                   title=kind.title.format(node=node, **params), abortable=kind.abortable,

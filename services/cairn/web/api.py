@@ -209,7 +209,8 @@ def get_node(name: str):
 @bp.input(schemas.DiagnosticsIn, arg_name="body")
 @bp.output(schemas.JobOut, status_code=202)
 @bp.doc(summary="Start a diagnostics job on a node (read-only checks, with progress)",
-        security=["token", "session"])
+        security=["token", "session"],
+        responses={202: "The job was started", 404: "No such node", 409: "The node was removed from the cluster"})
 def start_diagnostics(name: str, body: dict[str, Any]):
     try:
         job = services()["jobs"].submit("node.diagnostics", name, body)

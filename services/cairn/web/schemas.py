@@ -240,6 +240,8 @@ class NodeOut(Schema):
     heartbeat_at = Float(metadata=d("Time of the last heartbeat (Unix time)"))
     agent_version = String(metadata=d("Version of the node's cairn-agent"))
     disks = List(Nested(DiskOut), metadata=d("Whole disks of the node (refreshed every 30 s)"))
+    removed = Boolean(metadata=d("The node was removed from the cluster (gone for good; what it held is "
+                                 "still listed, and it runs no jobs)"))
 
 
 class NodeListOut(Schema):
