@@ -6,15 +6,16 @@
      other jobs run or wait on the node, or while other nodes use what it holds (a VM elsewhere
      whose pool is here: merge.departure lists them);
   2. keeps a copy of its records (merge.departure: its pools, arrays, VMs, what lies on its pools,
-     and a copy of the cluster's file users and groups its shares name, and of the console's
-     accounts, so whoever leaves logs in as before) in memory and in
-     <state_dir>/cluster/leaving.json, so nothing is lost if the job dies half-way;
+     and a copy of all the cluster's file users and groups, and of the console's accounts, so
+     whoever leaves logs in as before) in memory and in <state_dir>/cluster/leaving.json, so
+     nothing is lost if the job dies half-way;
   3. talks to the other members only, and removes its own etcd member from the cluster (up to
      here a failure changes nothing);
-  4. takes its records out of the cluster store in transactions, with its node records and its
+  4. starts its own etcd again, standalone on loopback in a fresh data directory, and writes its
+     records (and this job's) there;
+  5. takes its records out of the cluster store in transactions, with its node records and its
      job indexes; the job's record there says it ended (the cluster does not see a node vanish);
-  5. starts its own etcd again, standalone on loopback in a fresh data directory, writes its
-     records (and this job's) there, and moves the agent's client to it;
+     then moves the agent's client to its own store;
   6. switches its services back: cairn.toml without the cluster, a console certificate from a new
      CA of its own (the cluster's CA signs nothing here any more), the cluster files deleted,
      cairn-web reloaded; the agent starts again afterwards.
@@ -43,8 +44,8 @@ from typing import Any
 from cairn import config as config_mod
 from cairn.cluster import events, membership, merge
 from cairn.cluster.formation import (IMPORT_CHUNK, NODES, LocalNode, _until_answered, cluster_files,
-                                     cluster_info, cluster_lock, member_states, peer_url,
-                                     promote_while_wanted, wait_for_store)
+                                     cluster_info, cluster_lock, cluster_nodes, member_at, member_states,
+                                     peer_url, promote_while_wanted, wait_for_store)
 from cairn.cluster.store import Delete, Put, Store
 from cairn.errors import CairnError, Conflict, NotFound, PreconditionFailed, Unavailable, ValidationError
 from cairn.jobs import model
@@ -54,16 +55,6 @@ from cairn.system.files import write_private
 
 LEAVING_FILE = "leaving.json"
 CONSOLE_ACCOUNTS = "auth/users/"
-
-
-def cluster_nodes(store: Store) -> dict[str, dict[str, Any]]:
-    """cluster/nodes/<id> → record, of the nodes not removed."""
-    return {e.key.removeprefix(NODES): e.value for e in store.list(NODES) if e.value.get("state") != "removed"}
-
-
-def own_member(store: Store, address: str):
-    """This node's etcd member (found by its peer address), or None."""
-    return next((m for m in store.members() if peer_url(address) in m.peer_urls), None)
 
 
 def standalone_config(cfg: config_mod.Config) -> config_mod.Config:
@@ -137,7 +128,7 @@ def leave_cluster(ctx, params: dict[str, Any]) -> dict[str, Any]:
     if set(cluster_nodes(store)) <= {cfg.node_id}:
         raise Conflict(f"{cfg.node_name} is the only node of cluster {info['name']}: there is no cluster "
                        "to leave; it keeps the cluster's settings")
-    mine = own_member(store, cfg.cluster.address)
+    mine = member_at(store, cfg.cluster.address)
     if mine is None:
         raise Conflict(f"this node's etcd member ({peer_url(cfg.cluster.address)}) is not in the cluster")
     states = member_states(store)
@@ -264,7 +255,7 @@ def remove_node(ctx, params: dict[str, Any]) -> dict[str, Any]:
         raise Conflict(f"{target['name']} is up (it holds its lease): a node that is up leaves the cluster "
                        "from its own console; remove only a node that is gone for good")
     states = member_states(store)
-    member = next((m for m in store.members() if peer_url(target["address"]) in m.peer_urls), None)
+    member = member_at(store, target["address"])
     if member is not None:
         if any(s.member_id == member.member_id and s.healthy for s in states):
             raise Conflict(f"{target['name']}'s etcd member still answers: it is not gone; let it leave")

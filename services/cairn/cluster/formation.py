@@ -323,6 +323,16 @@ def cluster_info(store: Store) -> dict[str, Any] | None:
     return store.get(INFO)
 
 
+def cluster_nodes(store: Store) -> dict[str, dict[str, Any]]:
+    """cluster/nodes/<id> → record, of the nodes not removed (those the voter rule counts)."""
+    return {e.key.removeprefix(NODES): e.value for e in store.list(NODES) if e.value.get("state") != "removed"}
+
+
+def member_at(store: Store, address: str):
+    """The etcd member whose peer address is on this cluster address, or None."""
+    return next((m for m in store.members() if peer_url(address) in m.peer_urls), None)
+
+
 def cluster_summary(store: Store) -> dict[str, Any] | None:
     """What the API shows of the cluster this node is in (never the CA key), or None."""
     info = cluster_info(store)
@@ -721,7 +731,7 @@ def _join(ctx, params: dict[str, Any], token: tokens.JoinToken, sponsor: Sponsor
                                     "member_id": admitted["member_id"]})
 
     ctx.progress(85, "giving the cluster the voting members it needs")
-    role = promote_while_wanted(store, admitted["member_id"], len(store.list(NODES, keys_only=True)))
+    role = promote_while_wanted(store, admitted["member_id"], len(cluster_nodes(store)))
     ctx.log(role)
     events.emit(store, severity="info", node=cfg.node_name, source="cluster",
                 message=f"{cfg.node_name} ({ip}) joined cluster {admitted['name']}")
